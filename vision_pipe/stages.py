@@ -1,0 +1,322 @@
+"""Stage contracts: what each kind of stage consumes and produces.
+
+A stage is a typed factory function marked with :func:`stage`. Its parameters
+(type hints and defaults) are what the pipeline YAML is validated against; a
+parameter named ``context`` (annotated :class:`StageContext`) is not read from
+the YAML but filled in by the pipeline with what earlier stages established.
+
+The factory returns an object of the kind's contract:
+
+============== ======================================================================
+kind           returns
+============== ======================================================================
+loading        :class:`Loader`
+normalization  :class:`Normalizer` (an ``nn.Module``)
+augmentation   an ``albumentations`` transform (``albumentations.BasicTransform``)
+backbone       :class:`Backbone` (an ``nn.Module`` with ``feature_info``)
+head           :class:`Head` (an ``nn.Module`` owning loss, metrics and decoding)
+============== ======================================================================
+
+Samples are plain dicts (see :class:`Sample`); batches are dicts of tensors
+(see :class:`Batch`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
+
+import numpy as np
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+    from vision_pipe.results import Prediction
+
+#: The kinds of stage, in pipeline order.
+KINDS: tuple[str, ...] = ("loading", "normalization", "augmentation", "backbone", "head")
+#: The tasks a pipeline can have.
+TASKS: tuple[str, ...] = ("classification", "segmentation", "detection")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """What :func:`stage` attaches to a factory (as ``factory.__vision_pipe_stage__``)."""
+
+    kind: str
+    name: str
+    override: bool = False
+
+
+def stage(kind: str, name: str | None = None, *, override: bool = False) -> Callable[[F], F]:
+    """Mark a factory function (or class) as a stage of ``kind`` called ``name``.
+
+    ``name`` defaults to the function's name. ``override=True`` lets this stage
+    replace a stage of the same (kind, name) from another plugin instead of
+    being an error. The factory is returned unchanged.
+
+    Example::
+
+        @stage("backbone", "tiny")
+        def tiny(width: int = 8) -> Backbone: ...
+    """
+
+    def mark(factory: F) -> F:
+        factory.__vision_pipe_stage__ = StageInfo(kind, name or factory.__name__, override)  # type: ignore[attr-defined]
+        return factory
+
+    return mark
+
+
+# ----------------------------------------------------------------------------
+# Context handed to factories
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map a backbone produces.
+
+    ``stride`` is the input size divided by the map's size (a power of two:
+    1, 2, 4, ...); ``channels`` the number of channels; ``name`` the key in
+    :attr:`Features.maps`.
+    """
+
+    name: str
+    channels: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a factory that takes a ``context`` parameter is told about the pipeline.
+
+    Fields are ``None`` until the stage that establishes them is built:
+    ``class_names`` after loading, ``feature_info`` after the backbone.
+    """
+
+    task: str
+    seed: int
+    input_size: tuple[int, int]  #: (height, width) in pixels of every image fed to the model
+    class_names: tuple[str, ...] | None = None
+    feature_info: tuple[FeatureInfo, ...] | None = None
+    backbone_provides: frozenset[str] = frozenset()  #: capabilities, e.g. {"pool_indices"}
+    backbone_name: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        if self.class_names is None:
+            raise RuntimeError("num_classes is not known before the loader has run")
+        return len(self.class_names)
+
+
+# ----------------------------------------------------------------------------
+# Samples and batches
+# ----------------------------------------------------------------------------
+
+
+class Sample(TypedDict, total=False):
+    """One sample as a loader produces it (numpy, before any resizing).
+
+    - ``image``: (H, W, 3) uint8, RGB.
+    - ``id``: a stable identifier, the file path for files.
+    - classification: ``label`` int in [0, num_classes).
+    - segmentation: ``mask`` (H, W) int64, class ids; the ignore value is 255.
+    - detection: ``boxes`` (N, 4) float32 xyxy pixels; ``labels`` (N,) int64.
+    """
+
+    image: np.ndarray
+    id: str
+    label: int
+    mask: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+class Batch(TypedDict, total=False):
+    """A collated batch as the model sees it.
+
+    - ``image``: (B, 3, H, W) uint8 before normalization; float32 after.
+    - ``label``: (B,) int64.  ``mask``: (B, H, W) int64.
+    - ``boxes``: list of B tensors (N_i, 4) float32 xyxy pixels of the model input.
+    - ``labels``: list of B tensors (N_i,) int64.
+    - ``meta``: list of B dicts with ``id`` and ``orig_size`` (h, w) of the original image.
+    """
+
+    image: Tensor
+    label: Tensor
+    mask: Tensor
+    boxes: list[Tensor]
+    labels: list[Tensor]
+    meta: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------
+
+
+class SampleSource(ABC):
+    """An indexable, lazily decoded collection of samples (never held whole in memory)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A string that changes whenever the samples could change (paths, sizes, mtimes, parameters)."""
+
+
+@dataclass
+class LoadedData:
+    """What :meth:`Loader.load` returns.
+
+    ``splits`` maps split names to sources. A loader with its own split gives
+    ``train``, ``val`` and ``test``; a loader without one gives a single
+    ``all`` source, and the pipeline makes a seeded split (``data.split``).
+    """
+
+    class_names: list[str]
+    splits: dict[str, SampleSource]
+
+
+class Loader(ABC):
+    """A loading stage: reads a source and produces samples for some tasks."""
+
+    #: The tasks whose targets this loader can produce.
+    tasks: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def load(self, task: str) -> LoadedData:
+        """Index the source (cheaply: no decoding of every image) for ``task``.
+
+        Raise :class:`~vision_pipe.errors.DataError` naming the file for a
+        missing folder, an empty class folder, a folder without images, etc.
+        """
+
+
+# ----------------------------------------------------------------------------
+# normalization
+# ----------------------------------------------------------------------------
+
+
+class Normalizer(nn.Module, ABC):
+    """A normalization stage, applied per batch on the accelerator.
+
+    Its fitted statistics are buffers, so they travel in checkpoints and in
+    the on-disk cache (its ``state_dict``).
+    """
+
+    #: Whether :meth:`fit` must run on the training split before training.
+    needs_fit: ClassVar[bool] = True
+
+    def fit(self, images: Iterable[np.ndarray]) -> None:
+        """Fit statistics in one streaming pass over (H, W, 3) uint8 RGB images of the input size."""
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) float32 in [0, 255] → normalized (B, 3, H, W) float32."""
+
+    def save_artifacts(self, plots_dir: Path) -> list[Path]:
+        """Write pictures of the fitted statistics (e.g. the mean image); return the paths."""
+        return []
+
+
+# ----------------------------------------------------------------------------
+# backbone
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Features:
+    """What a backbone returns.
+
+    ``maps``: feature maps by name, in order from finest to coarsest, each
+    (B, C, H/stride, W/stride) as declared in ``feature_info`` (sizes round up
+    for odd inputs). ``pool_indices``: for backbones that provide
+    ``"pool_indices"``, the max-pooling indices keyed by the name of the map the
+    pooling *produced*, as ``(indices, input_size)`` where ``input_size`` is the
+    (H, W) of the pooling's input — what ``max_unpool2d`` needs as ``output_size``.
+    """
+
+    maps: dict[str, Tensor]
+    pool_indices: dict[str, tuple[Tensor, tuple[int, int]]] = field(default_factory=dict)
+
+
+class Backbone(nn.Module, ABC):
+    """A backbone stage: (B, 3, H, W) float images → :class:`Features`."""
+
+    #: The maps :meth:`forward` returns, finest first.
+    feature_info: list[FeatureInfo]
+    #: Capabilities beyond feature maps, e.g. ``{"pool_indices"}``.
+    provides: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def forward(self, images: Tensor) -> Features: ...
+
+
+# ----------------------------------------------------------------------------
+# head
+# ----------------------------------------------------------------------------
+
+
+class Head(nn.Module, ABC):
+    """A head stage: features → task outputs; owns loss, metrics and decoding."""
+
+    #: The task this head solves (one of :data:`TASKS`).
+    task: ClassVar[str]
+
+    @abstractmethod
+    def forward(self, features: Features) -> Any:
+        """Raw outputs (e.g. logits (B, num_classes))."""
+
+    @abstractmethod
+    def loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
+        """Loss terms; the key ``"loss"`` is the one optimized."""
+
+    @abstractmethod
+    def make_metrics(self) -> torchmetrics.MetricCollection:
+        """A fresh metric collection (one per split is made)."""
+
+    @abstractmethod
+    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Any, batch: Batch) -> None:
+        """Feed one batch to ``metrics``."""
+
+    @abstractmethod
+    def summarize(
+        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
+    ) -> dict[str, float]:
+        """Turn ``metrics.compute()`` into flat scalars (keys without split prefix,
+        e.g. ``acc``); write pictures/CSVs into ``plots_dir`` when it is given."""
+
+    @abstractmethod
+    def decode(self, outputs: Any, batch: Batch, class_names: Sequence[str]) -> list[Prediction]:
+        """Predictions for each image, in the original image's pixel coordinates."""
+
+
+__all__ = [
+    "KINDS",
+    "TASKS",
+    "Backbone",
+    "Batch",
+    "FeatureInfo",
+    "Features",
+    "Head",
+    "LoadedData",
+    "Loader",
+    "Normalizer",
+    "Sample",
+    "SampleSource",
+    "StageContext",
+    "StageInfo",
+    "stage",
+]
