@@ -1,0 +1,250 @@
+"""``vision-pipe`` command line: a thin layer over :class:`vision_pipe.Pipeline`.
+
+    vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test]
+    vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT]
+    vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR]
+    vision-pipe check PIPELINE.yaml [key=value ...]
+    vision-pipe stages [--kind KIND] [--all]
+    vision-pipe plugins
+
+Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
+printed as one message naming the file / key / stage, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vision_pipe.errors import VisionPipeError
+
+EXIT_USAGE = 2
+
+
+def _add_common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. trainer.max_epochs=3")
+    p.add_argument(
+        "--disable", action="append", default=[], metavar="PLUGIN", help="do not load this plugin (repeatable)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vision-pipe",
+        description="Plugin-based image pipelines defined in YAML, trained with PyTorch Lightning.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train a pipeline, then test its best checkpoint", description="Train a pipeline, then evaluate its best checkpoint on the test split.")
+    p.add_argument("pipeline", help="pipeline YAML (or a run's config.yaml to repeat that run)")
+    _add_common(p)
+    p.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
+
+    for name, what in (("validate", "validation"), ("test", "test")):
+        p = sub.add_parser(name, help=f"evaluate a checkpoint on the {what} split", description=f"Evaluate a checkpoint on the {what} split; prints the metrics as JSON.")
+        p.add_argument("pipeline", help="pipeline YAML")
+        _add_common(p)
+        p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint to evaluate")
+
+    p = sub.add_parser("predict", help="predict on images, write JSON and annotated images", description="Predict on image files or folders; writes predictions.json and annotated images to --out.")
+    p.add_argument("source", help="a checkpoint (.ckpt) or a pipeline YAML (then --ckpt is required)")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
+    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser("check", help="validate a pipeline YAML and its chain without training", description="Validate a pipeline YAML, its stages and their chain, and index the data, without training.")
+    p.add_argument("pipeline", help="pipeline YAML")
+    _add_common(p)
+
+    p = sub.add_parser("stages", help="list every registered stage", description="List every registered stage: kind, name, parameters (types, defaults) and plugin.")
+    p.add_argument("--kind", choices=["loading", "normalization", "augmentation", "backbone", "head"], help="only this kind")
+    p.add_argument("--all", action="store_true", help="show all parameters of every augmentation (long)")
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and their stages", description="List loaded plugins with package, version and the stages each provides.")
+    _add_common(p, overrides=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except VisionPipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _manager(args: argparse.Namespace) -> Any:
+    from vision_pipe.plugins import PluginManager
+
+    return PluginManager(disabled=args.disable)
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    print(f"\n{title}")
+    width = max((len(k) for k in metrics), default=0)
+    for key in sorted(metrics):
+        value = metrics[key]
+        print(f"  {key:<{width}}  {value:.4f}" if value == value else f"  {key:<{width}}  nan")
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "stages":
+        return _stages(_manager(args), args.kind, args.all)
+    if command == "plugins":
+        return _plugins(_manager(args))
+
+    from vision_pipe.pipeline import Pipeline
+
+    if command == "predict":
+        return _predict(args, Pipeline)
+
+    pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args))
+    if command == "check":
+        cfg = pipe.config
+        print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
+        print(f"  loading       {cfg.data.loader['name']}  ({len(pipe.class_names)} classes: {', '.join(pipe.class_names[:10])}{' ...' if len(pipe.class_names) > 10 else ''})")
+        print(f"  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
+        if cfg.data.normalization:
+            print(f"  normalization {cfg.data.normalization['name']}")
+        for aug in cfg.data.augmentation:
+            print(f"  augmentation  {aug['name']}")
+        bb = pipe.stages["backbone"]
+        maps = ", ".join(f"{f.name}(c={f.channels}, stride={f.stride})" for f in bb.feature_info)
+        print(f"  backbone      {cfg.model.backbone['name']}: {maps}")
+        n_params = sum(p.numel() for p in pipe.module.parameters())
+        print(f"  head          {cfg.model.head['name']}  ({n_params:,} parameters in the model)")
+        return 0
+    if command == "fit":
+        metrics = pipe.fit(resume=args.resume)
+        _print_metrics("fit finished", {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1})
+        if not args.no_test:
+            test = pipe.test()
+            _print_metrics("test metrics", {k: v for k, v in test.items() if k.count("/") == 1})
+        print(f"\nrun directory: {pipe.run_dir}")
+        if pipe.best_checkpoint:
+            print(f"best checkpoint: {pipe.best_checkpoint}")
+        return 0
+    if command == "validate":
+        _print_metrics("validation metrics", pipe.validate(args.ckpt))
+        return 0
+    if command == "test":
+        metrics = pipe.test(args.ckpt)
+        _print_metrics("test metrics", metrics)
+        print(f"\nrun directory: {pipe.run_dir}")
+        return 0
+    raise AssertionError(command)
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    from vision_pipe.errors import DataError
+    from vision_pipe.pipeline import find_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                raise DataError(f"{path}: folder contains no images (jpg, jpeg, png, bmp)")
+            paths += found
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise DataError(f"input not found: {path}")
+    return paths
+
+
+def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
+    import cv2
+
+    from vision_pipe.io import read_image
+    from vision_pipe.render import render_prediction
+
+    source = Path(args.source)
+    manager = _manager(args)
+    if source.suffix == ".ckpt":
+        pipe = Pipeline.load(source, manager=manager)
+    else:
+        if not args.ckpt:
+            raise VisionPipeError("predict with a pipeline YAML needs --ckpt CKPT (or give the checkpoint as SOURCE)")
+        pipe = Pipeline.from_yaml(source, manager=manager)
+        pipe.predict([], ckpt=args.ckpt)
+    paths = _expand_inputs(args.inputs)
+    predictions = pipe.predict(paths)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path, pred in zip(paths, predictions):
+        record = pred.to_dict()
+        annotated = render_prediction(read_image(path), pred)
+        target = out / f"{path.stem}_pred.png"
+        cv2.imwrite(str(target), cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+        record["annotated"] = str(target)
+        records.append(record)
+        print(_describe(pred))
+    tmp = out / f"predictions.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "predictions.json")
+    print(f"\nwrote {out / 'predictions.json'} and {len(records)} annotated image(s) to {out}/")
+    return 0
+
+
+def _describe(pred: Any) -> str:
+    d = pred.to_dict()
+    if "class_name" in d:
+        return f"{d['id']}: {d['class_name']} ({d['score']:.3f})"
+    if "boxes" in d:
+        return f"{d['id']}: {len(d['boxes'])} object(s)"
+    return f"{d['id']}: {d.get('pixels_per_class', {})}"
+
+
+def _stages(manager: Any, kind: str | None, show_all: bool) -> int:
+    current = None
+    for entry in manager.registry.entries(kind):
+        if entry.kind != current:
+            current = entry.kind
+            print(f"\n{current}")
+        origin = entry.plugin + (f" ({entry.distribution})" if entry.distribution else "")
+        if entry.overrides:
+            origin += f", overrides {entry.overrides}"
+        print(f"  {entry.name}  [{origin}]")
+        if entry.summary:
+            print(f"      {entry.summary[:110]}")
+        if entry.kind == "augmentation" and not show_all and kind != "augmentation":
+            continue
+        for p in entry.parameters:
+            default = "required" if p.required else f"= {p.default!r}"
+            print(f"      {p.name}: {p.type_str()} {default}")
+    if kind is None and not show_all:
+        print("\n(augmentation parameters: vision-pipe stages --kind augmentation)")
+    return 0
+
+
+def _plugins(manager: Any) -> int:
+    for info in manager.plugins.values():
+        package = f"{info.distribution} {info.version}" if info.distribution else "(module)"
+        stages = ", ".join(f"{k}:{n}" for k, n in info.stages)
+        if len(info.stages) > 6:
+            stages = ", ".join(f"{k}:{n}" for k, n in info.stages[:6]) + f", ... ({len(info.stages)} stages)"
+        print(f"{info.name:<18} {package:<22} {stages}")
+    if manager.disabled:
+        print(f"\ndisabled: {', '.join(sorted(manager.disabled))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""The data side of a pipeline: splits, per-sample transforms, collation, loaders.
+
+Samples are decoded by the loading stage, resized to the pipeline's input size
+and augmented (training split only) with one ``albumentations.Compose`` in
+DataLoader workers — masks and boxes follow every geometric transform — then
+collated into uint8 batches. Normalization happens later, per batch, on the
+accelerator (see :mod:`vision_pipe.module`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vision_pipe.errors import DataError
+from vision_pipe.stages import Batch, LoadedData, Sample, SampleSource
+
+SPLITS = ("train", "val", "test")
+
+
+# ----------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------
+
+
+class SubsetSource(SampleSource):
+    """The samples of ``source`` at ``indices`` (a split of it)."""
+
+    def __init__(self, source: SampleSource, indices: Sequence[int]) -> None:
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.source[int(self.indices[index])]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.source.fingerprint().encode())
+        h.update(self.indices.tobytes())
+        return h.hexdigest()
+
+
+def make_splits(loaded: LoadedData, fractions: Sequence[float], seed: int) -> dict[str, SampleSource]:
+    """``train``/``val``/``test`` sources: the loader's own, or a seeded split of ``all``.
+
+    The split is a permutation by ``seed``; sizes are rounded so that they add
+    up to the number of samples (train gets the remainder).
+    """
+    splits = dict(loaded.splits)
+    if set(splits) >= {"train"} and "all" not in splits:
+        return splits
+    if set(splits) != {"all"}:
+        raise DataError(
+            f"a loader must return either an 'all' source or 'train' (+ 'val', 'test') sources, got {sorted(splits)}"
+        )
+    source = splits["all"]
+    n = len(source)
+    if n == 0:
+        raise DataError("the loader found no samples")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise DataError(f"only {n} samples: too few for the split {list(fractions)}")
+    return {
+        "train": SubsetSource(source, np.sort(order[:n_train])),
+        "val": SubsetSource(source, np.sort(order[n_train : n_train + n_val])),
+        "test": SubsetSource(source, np.sort(order[n_train + n_val :])),
+    }
+
+
+# ----------------------------------------------------------------------------
+# Per-sample transforms
+# ----------------------------------------------------------------------------
+
+
+def build_transform(
+    task: str, input_size: tuple[int, int], augmentations: Sequence[A.BasicTransform], *, min_visibility: float = 0.0
+) -> A.Compose:
+    """Resize to ``input_size`` (H, W), then ``augmentations``, as one Compose for ``task``'s targets."""
+    transforms = [A.Resize(height=input_size[0], width=input_size[1]), *augmentations]
+    if task == "detection":
+        bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility, clip=True)
+        return A.Compose(transforms, bbox_params=bbox)
+    return A.Compose(transforms)
+
+
+def check_image(image: Any, sample_id: str) -> np.ndarray:
+    """Check that a loader produced an (H, W, 3) uint8 image."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise DataError(f"{sample_id}: the loader produced a {desc}; expected an (H, W, 3) uint8 RGB image")
+    return image
+
+
+class PipelineDataset(Dataset):
+    """Samples of one split, transformed into tensors for ``task``."""
+
+    def __init__(self, source: SampleSource, task: str, transform: A.Compose, input_size: tuple[int, int]) -> None:
+        self.source = source
+        self.task = task
+        self.transform = transform
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.source[index]
+        return transform_sample(sample, self.task, self.transform, self.input_size)
+
+
+def transform_sample(
+    sample: Sample, task: str, transform: A.Compose, input_size: tuple[int, int]
+) -> dict[str, Any]:
+    """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8) and ``meta``."""
+    sample_id = str(sample.get("id", "?"))
+    image = check_image(sample.get("image"), sample_id)
+    inputs: dict[str, Any] = {"image": image}
+    if task == "segmentation":
+        inputs["mask"] = sample["mask"]
+    elif task == "detection":
+        inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
+        inputs["labels"] = np.asarray(sample["labels"], dtype=np.int64).reshape(-1)
+    # Reproducible under the pipeline seed: each sample's augmentation seed is
+    # drawn from torch's RNG, which Lightning seeds per process and per worker.
+    transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    out = transform(**inputs)
+    image = out["image"]
+    if image.shape[:2] != tuple(input_size):
+        raise DataError(
+            f"{sample_id}: the augmentation changed the image size to {image.shape[:2]}, but the pipeline's "
+            f"input_size is {tuple(input_size)}; end the augmentation with a size-keeping transform "
+            f"(e.g. RandomResizedCrop with size={list(input_size)}, or PadIfNeeded + RandomCrop)"
+        )
+    item: dict[str, Any] = {
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "meta": {"id": sample_id, "orig_size": tuple(sample["image"].shape[:2])},
+    }
+    if task == "classification":
+        item["label"] = torch.tensor(int(sample["label"]), dtype=torch.int64)
+    elif task == "segmentation":
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
+    elif task == "detection":
+        item["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
+        item["labels"] = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+    return item
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Stack fixed-size entries; keep per-image lists for boxes and labels of detection."""
+    batch: dict[str, Any] = {"image": torch.stack([it["image"] for it in items]), "meta": [it["meta"] for it in items]}
+    first = items[0]
+    if "label" in first:
+        batch["label"] = torch.stack([it["label"] for it in items])
+    if "mask" in first:
+        batch["mask"] = torch.stack([it["mask"] for it in items])
+    if "boxes" in first:
+        batch["boxes"] = [it["boxes"] for it in items]
+        batch["labels"] = [it["labels"] for it in items]
+    return batch  # type: ignore[return-value]
+
+
+def _worker_init(worker_id: int) -> None:
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+
+    pl_worker_init_function(worker_id)
+    cv2.setNumThreads(0)  # one OpenCV thread per worker: the workers are the parallelism
+
+
+def default_num_workers() -> int:
+    """One worker per CPU core but one (kept for the training loop), at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+# ----------------------------------------------------------------------------
+# Fitting normalization: one streaming pass over resized training images
+# ----------------------------------------------------------------------------
+
+
+class _ResizedImages(Dataset):
+    def __init__(self, source: SampleSource, input_size: tuple[int, int]) -> None:
+        self.source = source
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        sample = self.source[index]
+        image = check_image(sample.get("image"), str(sample.get("id", "?")))
+        h, w = self.input_size
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)  # as A.Resize does
+        return image
+
+
+def iter_resized_images(source: SampleSource, input_size: tuple[int, int], num_workers: int) -> Iterator[np.ndarray]:
+    """Yield every image of ``source`` resized to ``input_size``, one at a time."""
+    loader = DataLoader(
+        _ResizedImages(source, input_size),
+        batch_size=None,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers else None,
+    )
+    for image in loader:
+        yield image.numpy() if isinstance(image, torch.Tensor) else image
+
+
+def normalization_fingerprint(source: SampleSource, input_size: tuple[int, int], stage: dict[str, Any]) -> str:
+    """Key of a fitted normalizer's cache: the data, the resize and the stage with its parameters."""
+    payload = json.dumps(
+        {"data": source.fingerprint(), "input_size": list(input_size), "resize": "INTER_LINEAR", "stage": stage},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    """Where fitted statistics are cached: ``$VISION_PIPE_CACHE`` or ``~/.cache/vision-pipe``."""
+    return Path(os.environ.get("VISION_PIPE_CACHE", Path.home() / ".cache" / "vision-pipe"))
+
+
+# ----------------------------------------------------------------------------
+# LightningDataModule
+# ----------------------------------------------------------------------------
+
+
+class PipelineDataModule(pl.LightningDataModule):
+    """Train/val/test loaders of a pipeline (built by :class:`vision_pipe.Pipeline`)."""
+
+    def __init__(
+        self,
+        splits: dict[str, SampleSource],
+        task: str,
+        input_size: tuple[int, int],
+        augmentations: Sequence[A.BasicTransform],
+        batch_size: int,
+        num_workers: int,
+    ) -> None:
+        super().__init__()
+        self.splits = splits
+        self.task = task
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transform = build_transform(task, input_size, augmentations)
+        self.eval_transform = build_transform(task, input_size, [])
+
+    def dataset(self, split: str) -> PipelineDataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return PipelineDataset(self.splits[split], self.task, transform, self.input_size)
+
+    def preflight(self) -> None:
+        """Transform the first training sample here, so mistakes surface before any worker starts."""
+        ds = self.dataset("train")
+        if len(ds) == 0:
+            raise DataError("the training split is empty")
+        ds[0]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.dataset(split)
+        on_gpu = torch.cuda.is_available()
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=on_gpu,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_worker_init if self.num_workers else None,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
