@@ -88,7 +88,10 @@ class Pipeline:
         self.splits: dict[str, SampleSource] = {}
         self.datamodule: PipelineDataModule | None = None
         self._normalizer_fitted = False
-        self._build(class_names)
+        # Weight initialization is seeded too (without disturbing the caller's RNG state).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self._build(class_names)
         self.manager.hook.vision_pipe_pipeline_built(pipeline=self)
 
     # ------------------------------------------------------------------
@@ -386,10 +389,11 @@ class Pipeline:
         dm = self._require_data("fit")
         if resume is not None and not Path(resume).is_file():
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
-        pl.seed_everything(self.config.seed, workers=True, verbose=False)
         run_dir = self._ensure_run_dir(resume)
         self._call("fit", self._preflight, dm)
         self._call("fit", self.fit_normalizer)
+        # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
+        pl.seed_everything(self.config.seed, workers=True, verbose=False)
         self.module.plots_dir = run_dir / "plots"
         trainer, checkpoint_cb = self._trainer(run_dir, action="fit")
         self.trainer = trainer

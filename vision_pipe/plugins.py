@@ -308,25 +308,22 @@ class PluginManager:
             raise PluginError(
                 f"plugin '{name}' is a class; register an instance of it (have you forgotten the `()`?)"
             )
+        known = {h for h in dir(hookspecs) if h.startswith("vision_pipe_")}
+        unknown = [
+            attr
+            for attr in dir(plugin)
+            if attr.startswith("vision_pipe_") and callable(getattr(plugin, attr, None)) and attr not in known
+        ]
+        if unknown:
+            raise PluginError(
+                f"plugin '{name}' defines unknown hook '{unknown[0]}'." + did_you_mean(unknown[0], sorted(known))
+            )
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin '{name}' has an invalid hook implementation: {exc}") from exc
         except ValueError as exc:
             raise PluginError(f"plugin '{name}' could not be registered: {exc}") from exc
-        unknown = [
-            attr
-            for attr in dir(plugin)
-            if attr.startswith("vision_pipe_")
-            and callable(getattr(plugin, attr, None))
-            and not hasattr(self.pm.hook, attr)
-        ]
-        if unknown:
-            self.pm.unregister(plugin)
-            raise PluginError(
-                f"plugin '{name}' defines unknown hook '{unknown[0]}'."
-                + did_you_mean(unknown[0], [h for h in dir(self.pm.hook) if h.startswith("vision_pipe_")])
-            )
         module_name = getattr(plugin, "__name__", type(plugin).__module__)
         info = PluginInfo(name, module_name, distribution, version)
         self.plugins[name] = info

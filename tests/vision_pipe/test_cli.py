@@ -1,0 +1,95 @@
+"""The ``vision-pipe`` command line on tiny data: real runs through ``main``, and its error handling."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from vision_pipe.cli import main
+
+
+def test_help_for_every_command():
+    for command in ["fit", "validate", "test", "predict", "check", "stages", "plugins"]:
+        result = subprocess.run(
+            [sys.executable, "-m", "vision_pipe.cli", command, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "usage: vision-pipe " + command in result.stdout
+
+
+def test_check_prints_the_chain(tiny_config, write_yaml, capsys):
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["check", str(path), "model.backbone.width=6"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "train 36, val 12, test 12" in out
+    assert "stage1(c=6, stride=2), stage2(c=12, stride=4)" in out
+
+
+def test_stages_lists_parameters_types_defaults_and_plugin(capsys):
+    assert main(["stages"]) == 0
+    out = capsys.readouterr().out
+    assert "  vgg  [vgg (vision-pipe)]" in out
+    assert "      depth: int = 11" in out
+    assert "      activation: Literal['relu', 'leaky_relu', 'elu'] = 'relu'" in out
+    assert "HorizontalFlip  [albumentations (vision-pipe)]" in out
+    assert main(["stages", "--kind", "augmentation"]) == 0
+    assert "      p: float = 0.5" in capsys.readouterr().out
+
+
+def test_plugins_lists_packages_and_stages(capsys):
+    assert main(["plugins", "--disable", "resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg" in out and "vision-pipe 0.1.0" in out and "backbone:vgg" in out
+    assert re.search(r"disabled: .*resnet", out)
+
+
+def test_fit_test_predict_end_to_end(tiny_config, write_yaml, tmp_path, capsys):
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["fit", str(path), "trainer.max_epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "test/acc" in out and "run directory:" in out
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+
+    # the saved config repeats the run
+    assert main(["check", str(run_dir / "config.yaml")]) == 0
+
+    assert main(["test", str(path), "--ckpt", str(ckpt)]) == 0
+    assert "test/acc" in capsys.readouterr().out
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from vision_pipe import Pipeline
+
+    pipe = Pipeline.from_yaml(path)
+    for i in range(3):
+        cv2.imwrite(str(images / f"img{i}.png"), pipe.splits["test"][i]["image"][:, :, ::-1])
+    out_dir = tmp_path / "pred"
+    assert main(["predict", str(ckpt), str(images), "--out", str(out_dir)]) == 0
+    records = json.loads((out_dir / "predictions.json").read_text())
+    assert [r["id"] for r in records] == [str(images / f"img{i}.png") for i in range(3)]
+    assert all(r["class_name"] in ("circle", "square", "triangle") for r in records)
+    annotated = cv2.imread(str(out_dir / "img0_pred.png"))
+    assert annotated is not None and min(annotated.shape[:2]) >= 256
+
+
+def test_errors_are_one_clear_message_with_exit_code_2(tiny_config, write_yaml, tmp_path, capsys):
+    tiny_config["model"]["backbone"]["name"] = "resnt"
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Did you mean 'resnet'" in err and "Traceback" not in err
+    assert main(["fit", str(tmp_path / "missing.yaml")]) == 2
+    assert "pipeline file not found" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing.ckpt"), str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        main(["train"])
+    assert info.value.code == 2
