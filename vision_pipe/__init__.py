@@ -20,6 +20,7 @@ from vision_pipe.errors import (
     VisionPipeError,
 )
 from vision_pipe.hookspecs import hookimpl
+from vision_pipe.io import IMAGE_EXTENSIONS, read_image
 from vision_pipe.results import (
     ClassificationPrediction,
     DetectionPrediction,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "KINDS",
     "TASKS",
     "Backbone",
@@ -74,6 +76,7 @@ __all__ = [
     "StageError",
     "VisionPipeError",
     "hookimpl",
+    "read_image",
     "stage",
 ]
 

@@ -60,27 +60,39 @@ def make_splits(loaded: LoadedData, fractions: Sequence[float], seed: int) -> di
     up to the number of samples (train gets the remainder).
     """
     splits = dict(loaded.splits)
-    if set(splits) >= {"train"} and "all" not in splits:
-        return splits
-    if set(splits) != {"all"}:
+    unknown = set(splits) - {"all", *SPLITS}
+    if unknown or ("all" in splits and len(splits) > 1) or not splits:
         raise DataError(
-            f"a loader must return either an 'all' source or 'train' (+ 'val', 'test') sources, got {sorted(splits)}"
+            "a loader must return either an 'all' source or 'train' (+ optionally 'val', 'test') sources, "
+            f"got {sorted(splits)}"
         )
-    source = splits["all"]
+    if "all" in splits:
+        source, wanted = splits.pop("all"), list(SPLITS)
+    else:
+        wanted = ["train", *[s for s in SPLITS[1:] if s not in splits]]
+        if wanted == ["train"]:
+            return splits
+        source = splits.pop("train")  # the missing splits are carved out of the loader's train split
     n = len(source)
     if n == 0:
         raise DataError("the loader found no samples")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(fractions[1] * n))
-    n_test = int(round(fractions[2] * n))
-    n_train = n - n_val - n_test
+    share = dict(zip(SPLITS, fractions))
+    total = sum(share[s] for s in wanted)
+    sizes = {s: int(round(share[s] / total * n)) for s in wanted[1:]}
+    for s in wanted[1:]:
+        if share[s] > 0 and sizes[s] == 0 and n >= len(wanted):
+            sizes[s] = 1  # a split asked for is never silently empty
+    n_train = n - sum(sizes.values())
     if n_train < 1:
         raise DataError(f"only {n} samples: too few for the split {list(fractions)}")
-    return {
-        "train": SubsetSource(source, np.sort(order[:n_train])),
-        "val": SubsetSource(source, np.sort(order[n_train : n_train + n_val])),
-        "test": SubsetSource(source, np.sort(order[n_train + n_val :])),
-    }
+    order = np.random.default_rng(seed).permutation(n)
+    out = dict(splits)
+    out["train"] = SubsetSource(source, np.sort(order[:n_train]))
+    start = n_train
+    for s in wanted[1:]:
+        out[s] = SubsetSource(source, np.sort(order[start : start + sizes[s]]))
+        start += sizes[s]
+    return {s: out[s] for s in SPLITS}
 
 
 # ----------------------------------------------------------------------------
@@ -226,6 +238,7 @@ def normalization_fingerprint(source: SampleSource, input_size: tuple[int, int],
     payload = json.dumps(
         {"data": source.fingerprint(), "input_size": list(input_size), "resize": "INTER_LINEAR", "stage": stage},
         sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

@@ -40,7 +40,8 @@ def read_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths, unlike cv2.imread
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # ANYDEPTH | ANYCOLOR keeps 16-bit and gray images and applies the EXIF orientation (UNCHANGED does not)
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if image is None:
         raise DataError(f"cannot read image {path}: not a valid image file (jpg, jpeg, png, bmp)")
     return to_rgb(image, path)

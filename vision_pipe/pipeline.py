@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import os
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,19 @@ from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS, PluginManager
 from vision_pipe.results import Prediction
 from vision_pipe.stages import Backbone, Head, Loader, Normalizer, SampleSource, StageContext
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning advertises optional cloud services at every Trainer start; keep the console for our output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
+# Evaluation trainers restore a checkpoint without the training callbacks on purpose.
+warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class Pipeline:
@@ -354,13 +369,16 @@ class Pipeline:
                 callbacks.append(
                     EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
                 )
+        # Each trainer logs into directories of its own (logs/csv, logs/csv-2 after a resume,
+        # logs/test-csv ...): Lightning's CSV logger would delete an existing metrics file.
+        logs = run_dir / "logs"
+        prefix = "" if training else f"{action}-"
         loggers = [
-            # fit logs to logs/csv, an evaluation to logs/<action>-csv: nothing written earlier is replaced
-            CSVLogger(save_dir=run_dir, name="logs", version="csv" if training else f"{action}-csv"),
+            CSVLogger(save_dir=run_dir, name="logs", version=_fresh_name(logs, f"{prefix}csv")),
             TensorBoardLogger(
                 save_dir=run_dir,
                 name="logs",
-                version="tensorboard" if training else f"{action}-tensorboard",
+                version=_fresh_name(logs, f"{prefix}tensorboard"),
                 default_hp_metric=False,
             ),
         ]
@@ -405,7 +423,8 @@ class Pipeline:
         normalizer = self.stages.get("normalization")
         if normalizer is not None:
             normalizer.save_artifacts(run_dir / "plots")
-        _plot_curves(run_dir / "logs" / "csv" / "metrics.csv", run_dir / "plots" / "curves.png")
+        fit_logs = sorted((run_dir / "logs").glob("csv*/metrics.csv"), key=lambda p: (len(p.parent.name), p.parent.name))
+        _plot_curves(fit_logs, run_dir / "plots" / "curves.png")
         _update_metrics_file(run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")})
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
         return metrics
@@ -599,22 +618,33 @@ def _update_metrics_file(path: Path, metrics: dict[str, float]) -> None:
     _write_text(path, json.dumps(clean, indent=2))
 
 
-def _plot_curves(csv_path: Path, out: Path) -> None:
-    """Training curves (loss and validation metrics per epoch) from the CSV log."""
-    if not csv_path.exists():
+def _fresh_name(folder: Path, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3`` ... whichever does not exist in ``folder`` yet."""
+    name, i = base, 2
+    while (folder / name).exists():
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def _plot_curves(csv_paths: Sequence[Path], out: Path) -> None:
+    """Training curves (loss and validation metrics per epoch) from the CSV logs of a run, in order."""
+    if not csv_paths:
         return
     from matplotlib.figure import Figure
 
+    rows: list[dict[str, str]] = []
+    for csv_path in csv_paths:
+        with csv_path.open(newline="") as f:
+            rows += list(csv.DictReader(f))
     series: dict[str, dict[int, float]] = {}
-    with csv_path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = row.get("epoch")
-            if not epoch:
+    for row in rows:
+        epoch = row.get("epoch")
+        if not epoch:
+            continue
+        for key, value in row.items():
+            if key in ("epoch", "step") or not value or "/" not in key or key.count("/") > 1:
                 continue
-            for key, value in row.items():
-                if key in ("epoch", "step") or not value or "/" not in key or key.count("/") > 1:
-                    continue
-                series.setdefault(key, {})[int(float(epoch))] = float(value)
+            series.setdefault(key, {})[int(float(epoch))] = float(value)
     losses = {k: v for k, v in series.items() if k.endswith("/loss")}
     others = {k: v for k, v in series.items() if k.startswith("val/") and not k.endswith("loss")}
     fig = Figure(figsize=(10, 4))

@@ -227,7 +227,8 @@ def synthetic_shapes(
     - ``size``: image side in pixels (8..4096); images are (size, size, 3) uint8 RGB.
     - ``shapes``: class names, any of circle, square, triangle, star, ellipse.
     - ``min_size``, ``max_size``: diameter of the circle a shape fits in, as a
-      fraction of the image side (0 < min_size ≤ max_size ≤ 1).
+      fraction of the image side (0 < min_size ≤ max_size ≤ 1); OpenCV also
+      fills the boundary pixels, about ½ px more all round.
     - ``min_objects``, ``max_objects``: shapes per segmentation/detection image
       (1 ≤ min ≤ max ≤ 20; fewer when there is no room); classification has one.
     - ``noise``: std of the gaussian noise added to every pixel, grey levels (≥ 0).
@@ -248,7 +249,8 @@ def synthetic_shapes(
     _check(len(set(shapes)) == len(shapes), f"shapes lists a shape twice: {list(shapes)}")
     _check(
         0 < min_size <= max_size <= 1,
-        f"need 0 < min_size ≤ max_size ≤ 1 (fractions of the image side), got min_size={min_size}, max_size={max_size}",
+        "need 0 < min_size ≤ max_size ≤ 1 (fractions of the image side), "
+        f"got min_size={min_size}, max_size={max_size}",
     )
     _check(
         1 <= min_objects <= max_objects <= 20,

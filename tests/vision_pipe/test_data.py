@@ -1,0 +1,489 @@
+"""Behaviour of the data side (vision_pipe/data.py) and image reading (vision_pipe/io.py),
+checked against hand-computed values on small synthetic sources."""
+
+from __future__ import annotations
+
+import inspect
+import struct
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vision_pipe import DataError, LoadedData, Sample, SampleSource
+from vision_pipe.data import (
+    SubsetSource,
+    build_transform,
+    collate,
+    iter_resized_images,
+    make_splits,
+    normalization_fingerprint,
+    transform_sample,
+)
+from vision_pipe.io import read_image
+
+# ----------------------------------------------------------------------------
+# Synthetic sources
+# ----------------------------------------------------------------------------
+
+
+class ListSource(SampleSource):
+    """Samples held in a list; counts how often each is read."""
+
+    def __init__(self, samples: list[Sample], fingerprint: str = "list-v1") -> None:
+        self.samples = samples
+        self.fp = fingerprint
+        self.reads: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        self.reads.append(index)
+        return self.samples[index]
+
+    def fingerprint(self) -> str:
+        return self.fp
+
+
+class IdSource(SampleSource):
+    """``n`` tiny classification samples whose id is their index."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return {"id": str(index), "image": np.full((4, 4, 3), index, np.uint8), "label": index % 2}
+
+    def fingerprint(self) -> str:
+        return f"ids-{self.n}"
+
+
+def _ids(source: SampleSource) -> list[int]:
+    return [int(source[i]["id"]) for i in range(len(source))]
+
+
+def _random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _apply(sample: Sample, task: str, input_size: tuple[int, int], augs: list[Any] = (), seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    return transform_sample(sample, task, build_transform(task, input_size, list(augs)), input_size)
+
+
+# ----------------------------------------------------------------------------
+# make_splits
+# ----------------------------------------------------------------------------
+
+
+def test_split_sizes_disjoint_and_covering() -> None:
+    splits = make_splits(LoadedData(["a", "b"], {"all": IdSource(10)}), (0.6, 0.2, 0.2), seed=0)
+    assert sorted(splits) == ["test", "train", "val"]
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [6, 2, 2]
+    ids = {s: _ids(splits[s]) for s in splits}
+    assert not set(ids["train"]) & set(ids["val"])
+    assert not set(ids["train"]) & set(ids["test"])
+    assert not set(ids["val"]) & set(ids["test"])
+    assert sorted(ids["train"] + ids["val"] + ids["test"]) == list(range(10))
+
+
+def test_split_sizes_round_and_train_gets_the_remainder() -> None:
+    # 7 samples: val = round(1.4) = 1, test = round(1.4) = 1, train = 7 - 2 = 5
+    splits = make_splits(LoadedData(["a"], {"all": IdSource(7)}), (0.6, 0.2, 0.2), seed=3)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [5, 1, 1]
+
+
+def test_split_is_seeded() -> None:
+    loaded = LoadedData(["a", "b"], {"all": IdSource(10)})
+    first = {s: _ids(src) for s, src in make_splits(loaded, (0.6, 0.2, 0.2), seed=0).items()}
+    again = {s: _ids(src) for s, src in make_splits(loaded, (0.6, 0.2, 0.2), seed=0).items()}
+    other = {s: _ids(src) for s, src in make_splits(loaded, (0.6, 0.2, 0.2), seed=1).items()}
+    assert first == again
+    assert first != other
+
+
+def test_loader_splits_are_passed_through() -> None:
+    train, val, test = IdSource(5), IdSource(2), IdSource(3)
+    splits = make_splits(LoadedData(["a"], {"train": train, "val": val, "test": test}), (0.6, 0.2, 0.2), seed=0)
+    assert splits["train"] is train and splits["val"] is val and splits["test"] is test
+
+
+def test_empty_source_is_an_error() -> None:
+    with pytest.raises(DataError, match="no samples"):
+        make_splits(LoadedData(["a"], {"all": IdSource(0)}), (0.6, 0.2, 0.2), seed=0)
+
+
+def test_too_few_samples_for_the_split_is_an_error() -> None:
+    with pytest.raises(DataError, match="too few"):
+        make_splits(LoadedData(["a"], {"all": IdSource(2)}), (0.0, 0.5, 0.5), seed=0)
+
+
+def test_all_together_with_train_is_an_error() -> None:
+    with pytest.raises(DataError, match="'all'"):
+        make_splits(LoadedData(["a"], {"all": IdSource(4), "train": IdSource(4)}), (0.6, 0.2, 0.2), seed=0)
+
+
+def test_subset_fingerprint_depends_on_indices() -> None:
+    source = IdSource(10)
+    base = SubsetSource(source, [0, 1, 2]).fingerprint()
+    assert SubsetSource(source, [0, 1, 2]).fingerprint() == base
+    assert SubsetSource(source, [0, 1, 3]).fingerprint() != base
+    assert SubsetSource(source, [0, 1]).fingerprint() != base
+    assert SubsetSource(IdSource(11), [0, 1, 2]).fingerprint() != base
+    assert _ids(SubsetSource(source, [7, 2])) == [7, 2]
+
+
+# ----------------------------------------------------------------------------
+# collate
+# ----------------------------------------------------------------------------
+
+
+def _item(h: int = 4, w: int = 6, **targets: Any) -> dict[str, Any]:
+    return {"image": torch.zeros(3, h, w, dtype=torch.uint8), "meta": {"id": "x", "orig_size": (h, w)}, **targets}
+
+
+def test_collate_classification_stacks_labels() -> None:
+    items = [_item(label=torch.tensor(i, dtype=torch.int64)) for i in (2, 0, 1)]
+    items[1]["image"][:] = 7
+    batch = collate(items)
+    assert batch["image"].shape == (3, 3, 4, 6) and batch["image"].dtype == torch.uint8
+    assert batch["image"][1].unique().tolist() == [7]
+    assert batch["label"].tolist() == [2, 0, 1] and batch["label"].dtype == torch.int64
+    assert [m["orig_size"] for m in batch["meta"]] == [(4, 6)] * 3
+    assert "boxes" not in batch and "mask" not in batch
+
+
+def test_collate_segmentation_stacks_masks() -> None:
+    items = [_item(mask=torch.full((4, 6), v, dtype=torch.int64)) for v in (0, 255)]
+    batch = collate(items)
+    assert batch["mask"].shape == (2, 4, 6)
+    assert batch["mask"][:, 0, 0].tolist() == [0, 255]
+
+
+def test_collate_detection_keeps_per_image_lists() -> None:
+    boxes = [
+        torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 4.0]]),
+        torch.zeros((0, 4)),
+        torch.tensor([[0.5, 0.5, 5.0, 3.0]]),
+    ]
+    labels = [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.int64), torch.tensor([3])]
+    batch = collate([_item(boxes=b, labels=lab) for b, lab in zip(boxes, labels)])
+    assert batch["image"].shape == (3, 3, 4, 6)
+    assert isinstance(batch["boxes"], list) and isinstance(batch["labels"], list)
+    assert [tuple(b.shape) for b in batch["boxes"]] == [(2, 4), (0, 4), (1, 4)]
+    assert [lab.tolist() for lab in batch["labels"]] == [[1, 2], [], [3]]
+    assert torch.equal(batch["boxes"][0], boxes[0]) and torch.equal(batch["boxes"][2], boxes[2])
+
+
+# ----------------------------------------------------------------------------
+# transform_sample + build_transform
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
+def test_resize_to_input_size(task: str) -> None:
+    sample: Sample = {"id": "s0", "image": _random_image(30, 20)}
+    if task == "classification":
+        sample["label"] = 3
+    elif task == "segmentation":
+        sample["mask"] = np.zeros((30, 20), np.int64)
+    else:
+        sample["boxes"] = np.array([[2, 3, 10, 12]], np.float32)
+        sample["labels"] = np.array([1], np.int64)
+    item = _apply(sample, task, (12, 16))
+    assert item["image"].shape == (3, 12, 16) and item["image"].dtype == torch.uint8
+    assert item["meta"] == {"id": "s0", "orig_size": (30, 20)}
+    if task == "classification":
+        assert item["label"].item() == 3 and item["label"].dtype == torch.int64
+    elif task == "segmentation":
+        assert item["mask"].shape == (12, 16) and item["mask"].dtype == torch.int64
+    else:
+        assert item["boxes"].shape == (1, 4) and item["labels"].tolist() == [1]
+
+
+def test_image_channels_are_kept_in_order() -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 10, 20, 30
+    item = _apply({"id": "c", "image": image, "label": 0}, "classification", (4, 4))
+    assert [item["image"][c].unique().tolist() for c in range(3)] == [[10], [20], [30]]
+
+
+def test_segmentation_mask_resize_is_nearest() -> None:
+    # 2×2 blocks of 2×2 pixels: any nearest-neighbour downscale by 2 gives the block values
+    mask = np.kron(np.array([[0, 3], [255, 1]], np.int64), np.ones((2, 2), np.int64))
+    item = _apply({"id": "m", "image": _random_image(4, 4), "mask": mask}, "segmentation", (2, 2))
+    assert item["mask"].tolist() == [[0, 3], [255, 1]]
+    # a checkerboard of 0 / 3 / 255 resized up and down: no interpolated values appear
+    checker = np.choose(np.indices((5, 7)).sum(0) % 3, [0, 3, 255]).astype(np.int64)
+    for size in [(13, 11), (3, 4)]:
+        item = _apply({"id": "m", "image": _random_image(5, 7), "mask": checker}, "segmentation", size)
+        assert item["mask"].shape == size
+        assert set(item["mask"].unique().tolist()) <= {0, 3, 255}
+
+
+def test_segmentation_uint8_mask_becomes_int64() -> None:
+    mask = np.array([[0, 1], [2, 255]], np.uint8)
+    item = _apply({"id": "m", "image": _random_image(2, 2), "mask": mask}, "segmentation", (2, 2))
+    assert item["mask"].dtype == torch.int64 and item["mask"].tolist() == [[0, 1], [2, 255]]
+
+
+def _detection_sample(boxes: list[list[float]], labels: list[int]) -> Sample:
+    # 100 wide, 50 high
+    return {
+        "id": "d",
+        "image": _random_image(50, 100),
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "labels": np.array(labels, np.int64),
+    }
+
+
+def test_detection_boxes_scale_with_the_resize() -> None:
+    # input_size is (H, W). 100×50 (W×H) → 50×50: x × 0.5, y × 1
+    item = _apply(_detection_sample([[10, 10, 50, 30]], [4]), "detection", (50, 50))
+    assert item["boxes"].tolist() == [pytest.approx([5.0, 10.0, 25.0, 30.0])]
+    assert item["labels"].tolist() == [4] and item["labels"].dtype == torch.int64
+    # → H 40, W 25: x × 0.25, y × 0.8
+    item = _apply(_detection_sample([[10, 10, 50, 30], [0, 0, 100, 50]], [1, 2]), "detection", (40, 25))
+    assert item["boxes"].tolist() == [
+        pytest.approx([2.5, 8.0, 12.5, 24.0]),
+        pytest.approx([0.0, 0.0, 25.0, 40.0]),
+    ]
+    assert item["boxes"].dtype == torch.float32 and item["labels"].tolist() == [1, 2]
+
+
+def test_detection_without_boxes() -> None:
+    item = _apply(_detection_sample([], []), "detection", (50, 50))
+    assert tuple(item["boxes"].shape) == (0, 4) and tuple(item["labels"].shape) == (0,)
+    assert item["labels"].dtype == torch.int64
+
+
+def test_horizontal_flip_moves_boxes() -> None:
+    # after the resize to 50×50 the box is [5, 10, 25, 30]; flipped in a 50-wide image: x → 50 - x
+    item = _apply(_detection_sample([[10, 10, 50, 30]], [4]), "detection", (50, 50), [A.HorizontalFlip(p=1)])
+    assert item["boxes"].tolist() == [pytest.approx([25.0, 10.0, 45.0, 30.0])]
+    # and the image is flipped with it
+    plain = _apply(_detection_sample([[10, 10, 50, 30]], [4]), "detection", (50, 50))
+    assert torch.equal(item["image"], plain["image"].flip(-1))
+
+
+def test_horizontal_flip_moves_mask_with_image() -> None:
+    mask = np.zeros((4, 6), np.int64)
+    mask[:, :2] = 1
+    sample: Sample = {"id": "m", "image": _random_image(4, 6), "mask": mask}
+    item = _apply(sample, "segmentation", (4, 6), [A.HorizontalFlip(p=1)])
+    assert item["mask"][:, 4:].unique().tolist() == [1] and item["mask"][:, :4].unique().tolist() == [0]
+
+
+def _augmented(augs: list[Any], seed: int) -> torch.Tensor:
+    sample: Sample = {"id": "r", "image": _random_image(16, 16, seed=7), "label": 0}
+    return _apply(sample, "classification", (16, 16), augs, seed=seed)["image"]
+
+
+def test_random_crop_is_reproducible_under_torch_seed() -> None:
+    augs = [A.PadIfNeeded(min_height=24, min_width=24), A.RandomCrop(height=16, width=16)]
+    for seed in range(3):
+        assert torch.equal(_augmented(augs, seed), _augmented(augs, seed))
+    # 81 possible crop positions: several seeds do not all land on the same one
+    assert len({_augmented(augs, seed).numpy().tobytes() for seed in range(6)}) > 1
+
+
+def test_affine_is_reproducible_under_torch_seed() -> None:
+    augs = [A.Affine(rotate=(-30, 30), translate_percent=(-0.1, 0.1), p=1.0)]
+    assert torch.equal(_augmented(augs, 0), _augmented(augs, 0))
+    assert torch.equal(_augmented(augs, 5), _augmented(augs, 5))
+    assert not torch.equal(_augmented(augs, 0), _augmented(augs, 1))
+
+
+def test_one_transform_reused_is_reproducible() -> None:
+    """The same Compose object (as in one worker) gives the same output per seed, whatever ran before."""
+    transform = build_transform("classification", (16, 16), [A.Affine(rotate=(-30, 30), p=1.0)])
+    sample: Sample = {"id": "r", "image": _random_image(16, 16, seed=7), "label": 0}
+    outputs = []
+    for seed in (0, 1, 0):
+        torch.manual_seed(seed)
+        outputs.append(transform_sample(sample, "classification", transform, (16, 16))["image"])
+    assert torch.equal(outputs[0], outputs[2]) and not torch.equal(outputs[0], outputs[1])
+
+
+def test_augmentation_changing_the_size_is_an_error() -> None:
+    sample: Sample = {"id": "img_042.png", "image": _random_image(20, 20), "label": 0}
+    with pytest.raises(DataError) as info:
+        _apply(sample, "classification", (16, 16), [A.RandomCrop(height=8, width=8)])
+    message = str(info.value)
+    assert "img_042.png" in message and "(16, 16)" in message and "(8, 8)" in message
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((8, 8), np.uint8),
+        np.zeros((8, 8, 4), np.uint8),
+        [[0, 0], [0, 0]],
+    ],
+    ids=["float", "2d", "rgba", "list"],
+)
+def test_bad_loader_image_is_an_error_naming_the_sample(image: Any) -> None:
+    with pytest.raises(DataError, match=r"sample_17.*\(H, W, 3\) uint8"):
+        _apply({"id": "sample_17", "image": image, "label": 0}, "classification", (8, 8))
+
+
+# ----------------------------------------------------------------------------
+# iter_resized_images and the normalization cache key
+# ----------------------------------------------------------------------------
+
+
+def test_iter_resized_images_streams_resized_uint8() -> None:
+    images = [np.full((10, 20, 3), (10, 20, 30), np.uint8), _random_image(8, 12, seed=1), _random_image(30, 7, seed=2)]
+    source = ListSource([{"id": str(i), "image": im} for i, im in enumerate(images)])
+    it = iter_resized_images(source, (8, 12), num_workers=0)
+    assert inspect.isgenerator(it)
+    first = next(it)
+    assert source.reads == [0], f"images must be read one at a time, read {source.reads}"
+    rest = list(it)
+    assert source.reads == [0, 1, 2]
+    out = [first, *rest]
+    assert [(type(im), im.shape, im.dtype) for im in out] == [(np.ndarray, (8, 12, 3), np.uint8)] * 3
+    assert np.all(out[0] == np.array([10, 20, 30], np.uint8))  # a constant image stays constant
+    assert np.array_equal(out[1], images[1])  # already at input_size: unchanged
+    assert np.array_equal(out[2], cv2.resize(images[2], (12, 8), interpolation=cv2.INTER_LINEAR))
+
+
+def test_iter_resized_images_matches_the_training_resize() -> None:
+    """Statistics are fitted on the same pixels the model is fed (without augmentation)."""
+    image = _random_image(31, 17, seed=3)
+    fitted = next(iter_resized_images(ListSource([{"id": "0", "image": image}]), (12, 20), num_workers=0))
+    fed = _apply({"id": "0", "image": image, "label": 0}, "classification", (12, 20))["image"]
+    assert np.array_equal(fitted, fed.permute(1, 2, 0).numpy())
+
+
+def test_iter_resized_images_checks_images() -> None:
+    source = ListSource([{"id": "bad_one", "image": np.zeros((8, 8), np.uint8)}])
+    with pytest.raises(DataError, match="bad_one"):
+        list(iter_resized_images(source, (8, 8), num_workers=0))
+
+
+def test_normalization_fingerprint() -> None:
+    source = ListSource([], fingerprint="data-v1")
+    stage = {"name": "mean_image", "params": {"size": [4, 4], "mode": "per_pixel"}}
+    base = normalization_fingerprint(source, (16, 16), stage)
+    # stable: same inputs, equal dicts in another key order, a fresh source with the same fingerprint
+    assert normalization_fingerprint(source, (16, 16), dict(stage)) == base
+    reordered = {"params": {"mode": "per_pixel", "size": [4, 4]}, "name": "mean_image"}
+    assert normalization_fingerprint(ListSource([], fingerprint="data-v1"), [16, 16], reordered) == base
+    # changes with the input size, the stage, its parameters and the data
+    changed = [
+        normalization_fingerprint(source, (16, 32), stage),
+        normalization_fingerprint(source, (32, 16), stage),
+        normalization_fingerprint(source, (16, 16), {**stage, "name": "channel_stats"}),
+        normalization_fingerprint(source, (16, 16), {**stage, "params": {"size": [4, 4], "mode": "per_channel"}}),
+        normalization_fingerprint(ListSource([], fingerprint="data-v2"), (16, 16), stage),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    assert isinstance(base, str) and len(base) >= 16
+
+
+# ----------------------------------------------------------------------------
+# io.read_image
+# ----------------------------------------------------------------------------
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(path.suffix, image)
+    assert ok
+    buf.tofile(path)
+    return path
+
+
+def test_read_png_is_rgb(tmp_path: Path) -> None:
+    bgr = np.zeros((3, 5, 3), np.uint8)
+    bgr[...] = (0, 0, 255)  # pure red in OpenCV's BGR order
+    assert cv2.imwrite(str(tmp_path / "red.png"), bgr)
+    image = read_image(tmp_path / "red.png")
+    assert image.shape == (3, 5, 3) and image.dtype == np.uint8
+    assert image.reshape(-1, 3).tolist() == [[255, 0, 0]] * 15
+
+
+def test_read_grayscale_gives_three_equal_channels(tmp_path: Path) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    image = read_image(_write(tmp_path / "gray.png", gray))
+    assert image.shape == (3, 4, 3) and image.dtype == np.uint8
+    for c in range(3):
+        assert np.array_equal(image[..., c], gray)
+
+
+def test_read_rgba_drops_alpha(tmp_path: Path) -> None:
+    bgra = np.zeros((2, 3, 4), np.uint8)
+    bgra[...] = (0, 0, 255, 128)  # red, half transparent
+    image = read_image(_write(tmp_path / "rgba.png", bgra))
+    assert image.shape == (2, 3, 3) and image.dtype == np.uint8
+    assert image.reshape(-1, 3).tolist() == [[255, 0, 0]] * 6
+
+
+def test_read_16_bit_is_scaled_to_uint8(tmp_path: Path) -> None:
+    gray16 = np.array([[0, 257 * 100], [65535, 257 * 7]], np.uint16)
+    image = read_image(_write(tmp_path / "gray16.png", gray16))
+    assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+    assert image[..., 0].tolist() == [[0, 100], [255, 7]]
+    bgr16 = np.zeros((1, 2, 3), np.uint16)
+    bgr16[0, 0] = (0, 0, 65535)
+    bgr16[0, 1] = (257 * 10, 257 * 20, 257 * 30)
+    image = read_image(_write(tmp_path / "color16.png", bgr16))
+    assert image.tolist() == [[[255, 0, 0], [30, 20, 10]]]
+
+
+def test_read_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "missing.png"
+    with pytest.raises(DataError, match="missing") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"this is not an image\n", b""], ids=["text", "empty"])
+def test_read_invalid_file_is_an_error_naming_it(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="not a valid image") as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_non_ascii_file_name(tmp_path: Path) -> None:
+    folder = tmp_path / "données"
+    folder.mkdir()
+    bgr = np.zeros((2, 2, 3), np.uint8)
+    bgr[...] = (255, 0, 0)  # blue
+    path = _write(folder / "日本語 ümlaut.png", bgr)
+    assert read_image(path).reshape(-1, 3).tolist() == [[0, 0, 255]] * 4
+    assert read_image(str(path)).shape == (2, 2, 3)
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an APP1 Exif segment holding only an Orientation tag after the JPEG's SOI marker."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    app1 = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
+
+
+def test_read_jpeg_applies_exif_orientation(tmp_path: Path) -> None:
+    bgr = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high; left half red
+    bgr[:, :20] = (0, 0, 255)
+    ok, buf = cv2.imencode(".jpg", bgr)
+    assert ok
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90° clockwise to display
+    assert cv2.imread(str(path)).shape == (40, 20, 3)  # OpenCV's own default applies it
+    image = read_image(path)
+    assert image.shape == (40, 20, 3)
+    # rotated clockwise, the left half (red) becomes the top half
+    assert image[5, 10, 0] > 200 and image[35, 10, 0] < 50
