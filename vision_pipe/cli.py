@@ -79,11 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except VisionPipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _message(exc: BaseException) -> str:
+    """The error's own message; for an error re-raised from a DataLoader worker, without the worker's traceback."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        name = f"{type(exc).__module__}.{type(exc).__name__}: "
+        text = last[len(name) :] if last.startswith(name) else last
+    return text
 
 
 def _manager(args: argparse.Namespace) -> Any:
@@ -182,7 +192,7 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
         if not args.ckpt:
             raise VisionPipeError("predict with a pipeline YAML needs --ckpt CKPT (or give the checkpoint as SOURCE)")
         pipe = Pipeline.from_yaml(source, manager=manager)
-        pipe.predict([], ckpt=args.ckpt)
+        pipe.load_checkpoint(args.ckpt)
     paths = _expand_inputs(args.inputs)
     predictions = pipe.predict(paths)
     out = Path(args.out)

@@ -33,6 +33,7 @@ from vision_pipe.config import (
     validate_stage_params,
 )
 from vision_pipe.data import (
+    SubsetSource,
     PipelineDataModule,
     cache_dir,
     collate,
@@ -297,6 +298,8 @@ class Pipeline:
                 "seed": self.config.seed,
                 "fractions": list(self.config.data.split),
                 "sizes": {k: len(v) for k, v in self.splits.items()},
+                # indices into the loader's samples, for splits the pipeline made
+                "indices": {k: v.indices.tolist() for k, v in self.splits.items() if isinstance(v, SubsetSource)},
             }
             _write_text(run_dir / "splits.json", json.dumps(record, indent=2))
         return run_dir
@@ -477,7 +480,7 @@ class Pipeline:
     ) -> list[Prediction]:
         """Predict on image files and/or (H, W, 3) uint8 RGB arrays; results are in original-image coordinates."""
         if ckpt is not None:
-            self._load_weights(_read_checkpoint(ckpt), ckpt)
+            self.load_checkpoint(ckpt)
         items = list(inputs)
         self.manager.hook.vision_pipe_before_predict(pipeline=self, inputs=items)
         results = self._call("predict", self._predict, items, batch_size or self.config.data.batch_size)
@@ -509,6 +512,10 @@ class Pipeline:
         finally:
             module.train(was_training)
         return results
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint."""
+        self._load_weights(_read_checkpoint(path), path)
 
     def _load_weights(self, ckpt: dict[str, Any], path: str | Path) -> None:
         try:

@@ -93,3 +93,26 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         main(["train"])
     assert info.value.code == 2
+
+
+def test_unreadable_image_found_in_a_worker_is_one_clear_message(tiny_config, write_yaml, tmp_path, capsys):
+    import numpy as np
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for name in ["a", "b"]:
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            cv2.imwrite(str(root / name / f"{i}.png"), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    broken = root / "b" / "3.png"
+    broken.write_text("not an image")
+    tiny_config["data"]["loader"] = {"name": "image_folder", "root": str(root)}
+    tiny_config["data"]["num_workers"] = 1
+    tiny_config["trainer"]["max_epochs"] = 1
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["check", str(path)]) == 0  # indexing does not decode
+    capsys.readouterr()
+    assert main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {broken}: not a valid image file" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
