@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import cv2
@@ -161,26 +160,6 @@ def test_rgba_drops_alpha(tmp_path: Path) -> None:
     image = decoded(tmp_path, bgra)
     assert image.shape == (2, 2, 3)
     assert image.reshape(-1, 3).tolist() == [[200, 100, 10]] * 4
-
-
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Insert an APP1 Exif segment holding only an Orientation tag after the JPEG's SOI marker."""
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
-    app1 = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpeg[2:]
-
-
-def test_jpeg_exif_orientation_is_applied(tmp_path: Path) -> None:
-    bgr = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high; left half red
-    bgr[:, :20] = (0, 0, 255)
-    ok, buf = cv2.imencode(".jpg", bgr)
-    assert ok
-    path = tmp_path / "root" / "c" / "portrait.jpg"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90° clockwise to display
-    image = load(tmp_path / "root").splits["all"][0]["image"]
-    assert image.shape == (40, 20, 3)
-    assert image[5, 10, 0] > 200 and image[35, 10, 0] < 50  # the left half (red) is now on top
 
 
 def test_16_bit_is_scaled_to_8_bit(tmp_path: Path) -> None:

@@ -1,0 +1,369 @@
+"""The built-in segmentation head: a fully convolutional decoder (FCN / SegNet / U-Net-like).
+
+The decoder starts from the backbone's coarsest map and goes back to the input
+size one factor of two at a time, through every stride the backbone has:
+
+- ``upsample="transposed"``: ``ConvTranspose2d(k=4, s=2, p=1)`` initialised to
+  bilinear upsampling, as in the FCN paper (Long et al. 2015, section 3.3);
+- ``upsample="unpool"``: ``max_unpool2d`` with the backbone's recorded pooling
+  indices (SegNet, Badrinarayanan et al. 2017), then a 3×3 conv;
+- ``upsample="bilinear"``: ``F.interpolate`` then a 3×3 conv.
+
+Skips: ``none`` (FCN-32s: score the coarsest map, upsample the scores),
+``fcn16`` / ``fcn8`` (FCN-16s / 8s: scores of the 2nd / 2nd and 3rd coarsest
+maps are added on the way up), ``concat`` (U-Net-like: the decoder carries
+``channels`` features, concatenates every backbone map it passes, applies a
+3×3 conv, and scores at the end).
+
+Loss is pixel-wise cross-entropy (``ignore_index`` pixels ignored, optional class
+weights); metrics are per-class IoU, mean IoU and pixel accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vision_pipe import (
+    Batch,
+    ChainError,
+    FeatureInfo,
+    Features,
+    Head,
+    SegmentationPrediction,
+    StageContext,
+    StageError,
+    hookimpl,
+    stage,
+)
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+_UPSAMPLES = ("transposed", "unpool", "bilinear")
+_SKIPS = ("none", "fcn16", "fcn8", "concat")
+#: How many maps besides the coarsest each FCN skip mode scores and adds.
+_SCORE_SKIPS = {"none": 0, "fcn16": 1, "fcn8": 2}
+
+
+def bilinear_kernel(channels: int, size: int = 4) -> Tensor:
+    """(channels, channels, size, size) weights that make a ``ConvTranspose2d`` with
+    stride ``(size + 1) // 2`` upsample each channel bilinearly (no mixing of channels).
+
+    With ``size=4, stride=2, padding=1`` this equals ``F.interpolate(scale_factor=2,
+    mode="bilinear", align_corners=False)`` away from the borders (FCN's ``upsample_filt``).
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    filt1d = 1 - (og - center).abs() / factor  # (size,)
+    filt = filt1d[:, None] * filt1d[None, :]  # (size, size)
+    weight = torch.zeros(channels, channels, size, size)
+    weight[range(channels), range(channels)] = filt
+    return weight
+
+
+def _fit(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Crop ``x`` (B, C, h, w) to ``size`` where it is larger, interpolate (bilinear) where smaller."""
+    h, w = size
+    x = x[..., :h, :w]
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return x
+
+
+class UpStep(nn.Module):
+    """One ×2 step of the decoder: (B, C, h, w) → (B, C, H, W) for a given (H, W) ≤ (2h, 2w).
+
+    ``unpool_channels``: in ``unpool`` mode, the channels of the pooling indices used
+    (a 1×1 conv maps ``C`` to them before unpooling, a 3×3 conv maps back after).
+    A step without recorded indices falls back to bilinear interpolation + the conv.
+    """
+
+    def __init__(self, mode: str, channels: int, *, unpool_channels: int = 0, relu: bool = False) -> None:
+        super().__init__()
+        self.mode = mode
+        self.relu = relu
+        if mode == "transposed":
+            self.up = nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False)
+            with torch.no_grad():
+                self.up.weight.copy_(bilinear_kernel(channels, 4))
+        elif mode == "unpool":
+            self.pre = nn.Conv2d(channels, unpool_channels, kernel_size=1)
+            self.conv = nn.Conv2d(unpool_channels, channels, kernel_size=3, padding=1)
+            self.fallback = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        else:
+            self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(
+        self, x: Tensor, size: tuple[int, int], pool: tuple[Tensor, tuple[int, int]] | None = None
+    ) -> Tensor:
+        if self.mode == "transposed":
+            return _fit(self.up(x), size)  # (B, C, 2h, 2w) cropped to (H, W)
+        if self.mode == "unpool" and pool is not None:
+            indices, out_size = pool
+            x = self.pre(x)  # (B, C_pool, h, w), the shape of the indices
+            x = F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=out_size)
+            x = _fit(self.conv(x), size)
+        else:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = self.fallback(x) if self.mode == "unpool" else self.conv(x)
+        return F.relu(x) if self.relu else x
+
+
+class FCNHead(Head):
+    """Features → per-pixel logits (B, num_classes, H, W) at the input size.
+
+    The output size is the (H, W) recorded in ``features.pool_indices`` for the
+    finest map when that map has stride 2 (the input of the first pooling is the
+    image itself, so any size, odd ones included, comes back exactly); otherwise
+    ``input_size``, the size every image is resized to before the model.
+    """
+
+    task = "segmentation"
+
+    def __init__(
+        self,
+        feature_info: Sequence[FeatureInfo],
+        num_classes: int,
+        input_size: tuple[int, int],
+        *,
+        upsample: str = "transposed",
+        skips: str = "fcn8",
+        channels: int = 64,
+        ignore_index: int = 255,
+        class_weights: Sequence[float] | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.infos = list(feature_info)  # finest first
+        self.num_classes = num_classes
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.upsample = upsample
+        self.skips = skips
+        self.ignore_index = ignore_index
+        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.dropout = nn.Dropout2d(dropout)
+        coarsest = self.infos[-1]
+        self.by_stride = {info.stride: info for info in self.infos}
+        concat = skips == "concat"
+        width = channels if concat else num_classes  # what the decoder carries
+
+        # The strides the decoder goes through: coarsest, coarsest/2, ..., 1.
+        self.strides: list[int] = []
+        s = coarsest.stride
+        while s > 1:
+            self.strides.append(s)
+            s //= 2
+        self.strides.append(1)
+
+        self.entry = nn.Conv2d(coarsest.channels, width, kernel_size=1)  # score (or project) the coarsest map
+        self.steps = nn.ModuleList(
+            UpStep(
+                upsample,
+                width,
+                unpool_channels=self.by_stride[s].channels if s in self.by_stride else width,
+                relu=concat,
+            )
+            for s in self.strides[:-1]
+        )
+        # Skip layers, keyed by map name.
+        self.skip_names = [info.name for info in self.infos[:-1]] if concat else [
+            info.name for info in self.infos[-1 - _SCORE_SKIPS[skips] : -1]
+        ]
+        in_ch = {info.name: info.channels for info in self.infos}
+        if concat:
+            self.skip_layers = nn.ModuleDict(
+                {n: nn.Conv2d(width + in_ch[n], width, kernel_size=3, padding=1) for n in self.skip_names}
+            )
+            self.classifier: nn.Module = nn.Conv2d(width, num_classes, kernel_size=1)
+        else:
+            # FCN: score layers start at zero, so training starts from the coarser prediction.
+            self.skip_layers = nn.ModuleDict(
+                {n: nn.Conv2d(in_ch[n], num_classes, kernel_size=1) for n in self.skip_names}
+            )
+            for layer in self.skip_layers.values():
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+            self.classifier = nn.Identity()
+
+    # -- model ---------------------------------------------------------------
+
+    def output_size(self, features: Features) -> tuple[int, int]:
+        """The (H, W) of the input images: recorded by the first pooling when there is one, else ``input_size``."""
+        finest = self.infos[0]
+        if finest.stride == 2 and finest.name in features.pool_indices:
+            h, w = features.pool_indices[finest.name][1]
+            return int(h), int(w)
+        return self.input_size
+
+    def forward(self, features: Features) -> Tensor:
+        """:class:`Features` → logits (B, num_classes, H, W), (H, W) as :meth:`output_size`."""
+        out_h, out_w = self.output_size(features)
+        maps = features.maps
+        skip_at = {info.stride: info.name for info in self.infos if info.name in self.skip_layers}  # stride → map
+        x = self.entry(self.dropout(maps[self.infos[-1].name]))
+        for step, s in zip(self.steps, self.strides[:-1]):
+            t = s // 2
+            if t in self.by_stride and self.by_stride[t].name in maps:
+                size = tuple(maps[self.by_stride[t].name].shape[-2:])
+            else:
+                size = (math.ceil(out_h / t), math.ceil(out_w / t))
+            pool = None
+            if s in self.by_stride:
+                pool = features.pool_indices.get(self.by_stride[s].name)
+            x = step(x, size, pool)  # (B, width, size)
+            if t in skip_at:
+                name = skip_at[t]
+                if self.skips == "concat":
+                    x = F.relu(self.skip_layers[name](torch.cat([x, maps[name]], dim=1)))
+                else:
+                    x = x + self.skip_layers[name](maps[name])
+        return _fit(self.classifier(x), (out_h, out_w))
+
+    def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Cross-entropy of logits (B, num_classes, H, W) against ``batch["mask"]`` (B, H, W), averaged
+        over the pixels that are not ``ignore_index`` (weighted by class weights when given); 0 when none is."""
+        target = batch["mask"]
+        if not bool((target != self.ignore_index).any()):
+            return {"loss": outputs.sum() * 0.0}
+        loss = F.cross_entropy(outputs, target, weight=self.class_weights, ignore_index=self.ignore_index)
+        return {"loss": loss}
+
+    # -- metrics -------------------------------------------------------------
+
+    def make_metrics(self) -> torchmetrics.MetricCollection:
+        """``iou`` (num_classes,) per-class IoU (NaN for a class absent from both prediction and
+        target) and ``pixel_acc``, both ignoring ``ignore_index`` pixels."""
+        # imported here: torchmetrics takes seconds to import, and plugins load on every CLI call
+        import torchmetrics
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+        n = self.num_classes
+        return torchmetrics.MetricCollection(
+            {
+                "iou": MulticlassJaccardIndex(
+                    num_classes=n, average="none", ignore_index=self.ignore_index, zero_division=math.nan
+                ),
+                "pixel_acc": MulticlassAccuracy(num_classes=n, average="micro", ignore_index=self.ignore_index),
+            }
+        )
+
+    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Tensor, batch: Batch) -> None:
+        """Feed the argmax of logits (B, num_classes, H, W) and ``batch["mask"]`` (B, H, W)."""
+        metrics.update(outputs.detach().argmax(dim=1), batch["mask"])
+
+    def summarize(
+        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
+    ) -> dict[str, float]:
+        """``miou`` (mean over classes present in prediction or target), ``pixel_acc`` and ``iou/<class>``."""
+        iou = computed["iou"].detach().cpu().double().numpy()
+        present = iou[~np.isnan(iou)]
+        out = {"miou": float(present.mean()) if present.size else math.nan, "pixel_acc": float(computed["pixel_acc"])}
+        for name, value in zip(class_names, iou):
+            out[f"iou/{name}"] = float(value)
+        return out
+
+    # -- predictions ---------------------------------------------------------
+
+    def decode(self, outputs: Tensor, batch: Batch, class_names: Sequence[str]) -> list[SegmentationPrediction]:
+        """Logits (B, num_classes, H, W) → one :class:`SegmentationPrediction` per image, the argmax
+        mask resized (nearest) to ``batch["meta"][i]["orig_size"]``."""
+        labels = outputs.detach().argmax(dim=1)  # (B, H, W)
+        predictions = []
+        for i, meta in enumerate(batch["meta"]):
+            h, w = (int(v) for v in meta["orig_size"])
+            mask = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            predictions.append(
+                SegmentationPrediction(
+                    id=str(meta["id"]),
+                    mask=mask.to(torch.int64).cpu().numpy(),
+                    class_names=list(class_names),
+                )
+            )
+        return predictions
+
+
+@stage("head", "fcn")
+def fcn(
+    context: StageContext,
+    upsample: Literal["transposed", "unpool", "bilinear"] = "transposed",
+    skips: Literal["none", "fcn16", "fcn8", "concat"] = "fcn8",
+    channels: int = 64,
+    ignore_index: int = 255,
+    class_weights: list[float] | None = None,
+    dropout: float = 0.0,
+) -> FCNHead:
+    """Segment images with a fully convolutional decoder over the backbone's maps.
+
+    Args:
+        upsample: ``transposed`` (bilinear-initialised transposed convs, FCN), ``unpool``
+            (max unpooling with the backbone's pooling indices, SegNet; needs a backbone
+            that provides ``pool_indices``, e.g. ``vgg``) or ``bilinear`` (interpolate + conv).
+        skips: ``none`` (FCN-32s), ``fcn16``, ``fcn8`` (scores of the 2nd / 2nd and 3rd
+            coarsest maps added), ``concat`` (U-Net-like concatenation of every map).
+        channels: decoder width in ``concat`` mode (other modes carry the class scores).
+        ignore_index: mask value of pixels without a label (ignored by loss and metrics).
+        class_weights: one cross-entropy weight per class (background included).
+        dropout: channel dropout on the coarsest map.
+    """
+    if upsample not in _UPSAMPLES:
+        raise StageError(f"head 'fcn': upsample must be one of {list(_UPSAMPLES)}, got {upsample!r}")
+    if skips not in _SKIPS:
+        raise StageError(f"head 'fcn': skips must be one of {list(_SKIPS)}, got {skips!r}")
+    if channels < 1:
+        raise StageError(f"head 'fcn': channels must be >= 1, got {channels}")
+    if not 0.0 <= dropout < 1.0:
+        raise StageError(f"head 'fcn': dropout must be in [0, 1), got {dropout}")
+    if context.class_names is None or context.feature_info is None:
+        raise StageError("head 'fcn' needs the class names and the backbone's feature maps")
+    if context.num_classes < 2:
+        raise StageError(
+            f"head 'fcn' needs at least 2 classes (background included), the loader gives "
+            f"{context.num_classes}: {list(context.class_names)}"
+        )
+    if class_weights is not None and len(class_weights) != context.num_classes:
+        raise StageError(
+            f"head 'fcn': class_weights has {len(class_weights)} values but there are {context.num_classes} "
+            f"classes (background included): {list(context.class_names)}"
+        )
+    infos = sorted(context.feature_info, key=lambda info: info.stride)
+    names = [info.name for info in infos]
+    if not infos:
+        raise ChainError(f"head 'fcn': backbone '{context.backbone_name}' declares no feature maps")
+    if upsample == "unpool" and "pool_indices" not in context.backbone_provides:
+        raise ChainError(
+            f"head 'fcn': upsample 'unpool' needs max-pooling indices, which backbone "
+            f"'{context.backbone_name}' does not provide; backbones providing pool indices (e.g. 'vgg') can, "
+            f"or use upsample 'transposed' or 'bilinear'"
+        )
+    needed = _SCORE_SKIPS.get(skips, 0) + 1
+    if len(infos) < needed:
+        raise ChainError(
+            f"head 'fcn': skips {skips!r} needs {needed} feature maps but backbone '{context.backbone_name}' "
+            f"has {len(infos)}: {names}; use skips 'none'{', fcn16' if len(infos) >= 2 else ''} or a deeper backbone"
+        )
+    return FCNHead(
+        infos,
+        context.num_classes,
+        context.input_size,
+        upsample=upsample,
+        skips=skips,
+        channels=channels,
+        ignore_index=ignore_index,
+        class_weights=class_weights,
+        dropout=dropout,
+    )
+
+
+@hookimpl
+def vision_pipe_stages() -> list[object]:
+    return [fcn]

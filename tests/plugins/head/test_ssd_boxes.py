@@ -1,0 +1,334 @@
+"""SSD box helpers: default boxes, box coding, matching, hard negative mining, loss, post-processing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import clip_boxes_to_image
+
+from vision_pipe_plugins.head.ssd_boxes import (
+    BACKGROUND,
+    BBOX_XFORM_CLIP,
+    boxes_per_location,
+    decode,
+    default_boxes,
+    encode,
+    feature_scales,
+    hard_negative_mining,
+    match,
+    postprocess,
+    ssd_loss,
+)
+
+SSD300_MAPS = [38, 19, 10, 5, 3, 1]
+SSD300_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+
+
+def _random_boxes(n: int, generator: torch.Generator, lo: float = 0.05, hi: float = 0.5) -> torch.Tensor:
+    """``n`` normalized xyxy boxes of positive size."""
+    centre = torch.rand(n, 2, generator=generator)
+    size = lo + (hi - lo) * torch.rand(n, 2, generator=generator)
+    return torch.cat((centre - size / 2, centre + size / 2), dim=1)
+
+
+# ----------------------------------------------------------------------------
+# default boxes
+# ----------------------------------------------------------------------------
+
+
+def test_feature_scales_are_linear_with_a_final_one() -> None:
+    scales = feature_scales(6, 0.2, 0.9)
+    assert scales == pytest.approx([0.2, 0.34, 0.48, 0.62, 0.76, 0.9, 1.0])
+    assert feature_scales(1, 0.3, 0.9) == pytest.approx([0.3, 1.0])
+
+
+def test_default_boxes_small_map_by_hand() -> None:
+    # one 2×2 map, s = 0.5, extra scale sqrt(0.5 * 1), ratios 1 and 2 (and 1/2)
+    boxes = default_boxes([2], 100, min_scale=0.5, max_scale=0.5, aspect_ratios=[[2]], clip=False)
+    assert boxes.shape == (2 * 2 * 4, 4)
+    s, e, r = 0.5, math.sqrt(0.5), math.sqrt(2)
+    per_location = [(s, s), (e, e), (s * r, s / r), (s / r, s * r)]
+    expected = []
+    for cy in (0.25, 0.75):  # row-major: y, then x
+        for cx in (0.25, 0.75):
+            for w, h in per_location:
+                expected.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+    torch.testing.assert_close(boxes, torch.tensor(expected), atol=1e-6, rtol=0)
+
+    clipped = default_boxes([2], 100, min_scale=0.5, max_scale=0.5, aspect_ratios=[[2]])
+    torch.testing.assert_close(clipped, torch.tensor(expected).clamp(0, 1), atol=1e-6, rtol=0)
+    # first location, ratio 2: x from 0.25 - 0.3536 → 0 (clipped), y from 0.25 - 0.1768
+    torch.testing.assert_close(clipped[2], torch.tensor([0.0, 0.0732233, 0.6035534, 0.4267767]))
+
+
+def test_default_boxes_ssd300_count() -> None:
+    assert boxes_per_location(SSD300_RATIOS) == [4, 6, 6, 6, 4, 4]
+    boxes = default_boxes(SSD300_MAPS, 300, 0.2, 0.9, SSD300_RATIOS)
+    assert boxes.shape == (8732, 4)
+    assert boxes.dtype == torch.float32
+    assert bool((boxes >= 0).all() and (boxes <= 1).all())
+    assert bool((boxes[:, 2:] > boxes[:, :2]).all())
+    unclipped = default_boxes(SSD300_MAPS, 300, 0.2, 0.9, SSD300_RATIOS, clip=False)
+    assert bool((unclipped < 0).any() and (unclipped > 1).any())
+    # the last map (1×1) is centred and its first box has scale s_max
+    last = unclipped[-4]
+    torch.testing.assert_close(last, torch.tensor([0.05, 0.05, 0.95, 0.95]))
+
+
+def test_default_boxes_ratio_one_is_square_in_pixels() -> None:
+    boxes = default_boxes([(2, 4)], (100, 200), 0.4, 0.4, [[]], clip=False)
+    assert boxes.shape == (2 * 4 * 2, 4)
+    w = (boxes[:, 2] - boxes[:, 0]) * 200
+    h = (boxes[:, 3] - boxes[:, 1]) * 100
+    torch.testing.assert_close(w, h)
+    torch.testing.assert_close(h[0], torch.tensor(40.0))
+
+
+def test_default_boxes_rejects_mismatched_ratio_lists() -> None:
+    with pytest.raises(ValueError, match="aspect-ratio"):
+        default_boxes([4, 2], 64, 0.2, 0.9, [[2]])
+
+
+# ----------------------------------------------------------------------------
+# box coding
+# ----------------------------------------------------------------------------
+
+
+def test_encode_decode_round_trip() -> None:
+    g = torch.Generator().manual_seed(0)
+    gt = _random_boxes(500, g)
+    defaults = _random_boxes(500, g)
+    offsets = encode(gt, defaults, (0.1, 0.2))
+    assert offsets.shape == (500, 4)
+    torch.testing.assert_close(decode(offsets, defaults, (0.1, 0.2)), gt, atol=1e-5, rtol=0)
+    # batched offsets broadcast over the default boxes
+    batched = decode(torch.stack((offsets, offsets)), defaults)
+    assert batched.shape == (2, 500, 4)
+    torch.testing.assert_close(batched[1], gt, atol=1e-5, rtol=0)
+
+
+def test_encode_by_hand() -> None:
+    default = torch.tensor([[0.0, 0.0, 2.0, 2.0]])  # centre (1, 1), size 2
+    gt = torch.tensor([[0.5, 1.0, 2.5, 5.0]])  # centre (1.5, 3), size (2, 4)
+    expected = torch.tensor([[0.5 / 2 / 0.1, 2.0 / 2 / 0.1, 0.0, math.log(2) / 0.2]])
+    torch.testing.assert_close(encode(gt, default), expected)
+
+
+def test_decode_clamps_before_exp() -> None:
+    defaults = torch.tensor([[0.0, 0.0, 0.1, 0.2], [0.4, 0.4, 0.6, 0.6]])
+    huge = torch.full((2, 4), 1e6)
+    boxes = decode(huge, defaults)
+    assert bool(torch.isfinite(boxes).all())
+    widths = boxes[:, 2] - boxes[:, 0]
+    expected = torch.tensor([0.1, 0.2]) * math.exp(BBOX_XFORM_CLIP)
+    torch.testing.assert_close(widths, expected, rtol=1e-4, atol=0)
+    tiny = decode(torch.full((2, 4), -1e6), defaults)
+    assert bool(torch.isfinite(tiny).all())
+
+
+# ----------------------------------------------------------------------------
+# matching
+# ----------------------------------------------------------------------------
+
+
+def test_match_by_hand() -> None:
+    defaults = torch.tensor(
+        [
+            [0.0, 0.0, 2.0, 2.0],  # gt0: IoU 1
+            [1.0, 0.0, 3.0, 2.0],  # gt0: IoU 2/6 < 0.5 and not gt0's best → background
+            [4.0, 4.0, 6.0, 6.0],  # gt1: IoU 4/9 < 0.5, but gt1's best → matched anyway
+            [10.0, 10.0, 12.0, 12.0],  # nothing → background
+            [0.0, 0.0, 2.0, 2.2],  # gt0: IoU 4/4.4 ≥ 0.5 → gt0
+        ]
+    )
+    gt = torch.tensor([[0.0, 0.0, 2.0, 2.0], [4.0, 4.0, 7.0, 7.0]])
+    matched = match(gt, defaults, 0.5)
+    assert matched.dtype == torch.long
+    assert matched.tolist() == [0, BACKGROUND, 1, BACKGROUND, 0]
+    # lowering the threshold lets default 1 take gt0
+    assert match(gt, defaults, 0.3).tolist() == [0, 0, 1, BACKGROUND, 0]
+
+
+def test_match_shared_best_default_goes_to_the_stronger_claim() -> None:
+    defaults = torch.tensor([[0.0, 0.0, 4.0, 4.0], [20.0, 20.0, 21.0, 21.0]])
+    gt = torch.tensor([[0.0, 0.0, 4.0, 3.0], [0.0, 0.0, 1.0, 1.0]])  # IoU 0.75 and 1/16 with default 0
+    assert match(gt, defaults, 0.5).tolist() == [0, BACKGROUND]
+    assert match(gt.flip(0), defaults, 0.5).tolist() == [1, BACKGROUND]
+
+
+def test_match_without_ground_truth() -> None:
+    defaults = default_boxes([2], 8, 0.5, 0.5, [[]])
+    assert match(torch.zeros(0, 4), defaults, 0.5).tolist() == [BACKGROUND] * defaults.shape[0]
+
+
+# ----------------------------------------------------------------------------
+# hard negative mining
+# ----------------------------------------------------------------------------
+
+
+def test_hard_negative_mining_keeps_three_per_positive() -> None:
+    g = torch.Generator().manual_seed(1)
+    loss = torch.rand(2, 20, generator=g)
+    positive = torch.zeros(2, 20, dtype=torch.bool)
+    positive[0, [3, 7]] = True  # 2 positives → 6 negatives
+    positive[1, 5] = True  # 1 positive → 3 negatives
+    loss[0, 3] = 10.0  # a positive's high loss must not take a negative's place
+    negative = hard_negative_mining(loss, positive, ratio=3)
+    assert negative.sum(dim=1).tolist() == [6, 3]
+    assert not bool((negative & positive).any())
+    for b in range(2):
+        candidates = loss[b].masked_fill(positive[b], float("-inf"))
+        expected = set(torch.topk(candidates, int(negative[b].sum())).indices.tolist())
+        assert set(torch.nonzero(negative[b]).squeeze(1).tolist()) == expected
+
+
+def test_hard_negative_mining_without_positives_and_with_few_negatives() -> None:
+    loss = torch.arange(10.0).repeat(3, 1)  # [3,10]
+    positive = torch.zeros(3, 10, dtype=torch.bool)
+    positive[2, :8] = True  # 8 positives want 24 negatives; only 2 exist
+    negative = hard_negative_mining(loss, positive, ratio=3)
+    assert negative.sum(dim=1).tolist() == [0, 0, 2]  # no positives → no negatives (documented default)
+    with_min = hard_negative_mining(loss, positive, ratio=3, min_negatives=2)
+    assert torch.nonzero(with_min[0]).squeeze(1).tolist() == [8, 9]  # the two highest losses
+    assert with_min[2].tolist() == [False] * 8 + [True, True]
+
+
+def test_hard_negative_mining_ties_keep_exactly_the_count() -> None:
+    loss = torch.ones(1, 12)
+    positive = torch.zeros(1, 12, dtype=torch.bool)
+    positive[0, 0] = True
+    negative = hard_negative_mining(loss, positive, ratio=3)
+    assert torch.nonzero(negative[0]).squeeze(1).tolist() == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------
+# loss
+# ----------------------------------------------------------------------------
+
+
+def _small_defaults() -> torch.Tensor:
+    return default_boxes([4, 2], 32, 0.3, 0.8, [[2], [2]])  # 4*4*4 + 2*2*4 = 80
+
+
+def test_loss_with_only_empty_images_is_finite() -> None:
+    defaults = _small_defaults()
+    num_classes = 3
+    logits = torch.randn(2, defaults.shape[0], num_classes + 1, requires_grad=True)
+    offsets = torch.randn(2, defaults.shape[0], 4, requires_grad=True)
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    out = ssd_loss(logits, offsets, [empty, empty], defaults)
+    assert set(out) == {"loss", "loss_conf", "loss_loc"}
+    assert all(bool(torch.isfinite(v)) for v in out.values())
+    assert out["loss_loc"].item() == 0.0
+    assert out["loss_conf"].item() > 0  # the hardest negatives still teach "background"
+    out["loss"].backward()
+    assert bool(torch.isfinite(logits.grad).all()) and bool(torch.isfinite(offsets.grad).all())
+
+    # without a minimum, empty images contribute nothing at all — still no division by zero
+    none = ssd_loss(logits, offsets, [empty, empty], defaults, min_negatives=0)
+    assert none["loss"].item() == 0.0
+
+
+def test_loss_by_hand_with_uniform_logits_and_perfect_offsets() -> None:
+    defaults = _small_defaults()
+    num_classes = 4
+    gt = torch.tensor([[0.1, 0.1, 0.45, 0.5], [0.5, 0.55, 0.95, 0.9]])
+    labels = torch.tensor([2, 4])
+    matched = match(gt, defaults, 0.5)
+    positive = matched != BACKGROUND
+    num_pos = int(positive.sum())
+    assert num_pos >= 2
+
+    logits = torch.zeros(2, defaults.shape[0], num_classes + 1)  # every CE = log(C + 1)
+    offsets = torch.zeros(2, defaults.shape[0], 4)
+    offsets[0, positive] = encode(gt[matched[positive]], defaults[positive])
+    empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    out = ssd_loss(logits, offsets, [(gt, labels), empty], defaults, min_negatives=3, alpha=1.0)
+    # image 0: P positives + 3P negatives; image 1: 3 negatives; divided by N = P
+    expected_conf = (4 * num_pos + 3) * math.log(num_classes + 1) / num_pos
+    assert out["loss_conf"].item() == pytest.approx(expected_conf, rel=1e-5)
+    assert out["loss_loc"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(expected_conf, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# post-processing
+# ----------------------------------------------------------------------------
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _reference_postprocess(
+    boxes: torch.Tensor, scores: torch.Tensor, score_thresh: float, nms_thresh: float, topk: int, cap: int
+) -> list[tuple[float, int, int]]:
+    """Plain greedy per-class NMS; ties in score → lower class, then lower default index first."""
+    candidates = []  # (score, label, index)
+    for label in range(1, scores.shape[1]):
+        above = torch.nonzero(scores[:, label] > score_thresh).squeeze(1).tolist()
+        cls = [(scores[i, label].item(), label, i) for i in above]
+        cls.sort(key=lambda c: (-c[0], c[2]))
+        candidates += cls[:topk]
+    candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+    box_list = boxes.tolist()
+    kept: list[tuple[float, int, int]] = []
+    for cand in candidates:
+        if all(k[1] != cand[1] or _iou(box_list[k[2]], box_list[cand[2]]) <= nms_thresh for k in kept):
+            kept.append(cand)
+    return kept[:cap]
+
+
+@pytest.mark.parametrize(("topk", "cap"), [(400, 200), (7, 10)])
+def test_postprocess_equals_greedy_per_class_nms(topk: int, cap: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    num_defaults, num_classes, image_size = 120, 3, (48, 64)
+    defaults = _random_boxes(num_defaults, g, 0.15, 0.45)
+    # few distinct logit values → many exactly equal scores
+    logits = torch.randint(0, 3, (2, num_defaults, num_classes + 1), generator=g).float()
+    offsets = 0.5 * torch.randn(2, num_defaults, 4, generator=g)
+    out = postprocess(
+        logits,
+        offsets,
+        defaults,
+        image_size,
+        score_thresh=0.2,
+        nms_thresh=0.45,
+        topk_candidates=topk,
+        detections_per_img=cap,
+    )
+    assert len(out) == 2
+    scale = torch.tensor([64.0, 48.0, 64.0, 48.0])
+    total_suppressed = 0
+    for b in range(2):
+        boxes = clip_boxes_to_image(decode(offsets[b], defaults) * scale, image_size)
+        scores = F.softmax(logits[b], dim=-1)
+        expected = _reference_postprocess(boxes, scores, 0.2, 0.45, topk, cap)
+        got = out[b]
+        assert got["labels"].dtype == torch.long
+        assert got["boxes"].shape == (len(expected), 4)
+        assert got["labels"].tolist() == [c[1] for c in expected]
+        assert got["scores"].tolist() == [c[0] for c in expected]
+        torch.testing.assert_close(got["boxes"], boxes[[c[2] for c in expected]])
+        assert bool((got["boxes"] >= 0).all())
+        assert bool((got["boxes"][:, 0::2] <= 64).all() and (got["boxes"][:, 1::2] <= 48).all())
+        above = int((scores[:, 1:] > 0.2).sum())
+        total_suppressed += above - len(expected)
+        assert len(set(got["scores"].tolist())) < len(expected)  # the test really had ties
+    assert total_suppressed > 0
+
+
+def test_postprocess_with_nothing_above_threshold() -> None:
+    defaults = _small_defaults()
+    logits = torch.zeros(1, defaults.shape[0], 3)
+    logits[..., 0] = 20.0  # everything is background
+    out = postprocess(logits, torch.zeros(1, defaults.shape[0], 4), defaults, 32)
+    assert out[0]["boxes"].shape == (0, 4)
+    assert out[0]["scores"].shape == (0,) and out[0]["labels"].shape == (0,)
