@@ -18,6 +18,7 @@ from vision_pipe.errors import (
     PluginError,
     StageError,
     VisionPipeError,
+    did_you_mean,
 )
 from vision_pipe.hookspecs import hookimpl
 from vision_pipe.io import IMAGE_EXTENSIONS, read_image
@@ -75,6 +76,7 @@ __all__ = [
     "StageContext",
     "StageError",
     "VisionPipeError",
+    "did_you_mean",
     "hookimpl",
     "read_image",
     "stage",

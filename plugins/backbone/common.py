@@ -6,14 +6,13 @@ Not a plugin (no hooks); imported by :mod:`vision_pipe_plugins.backbone.vgg` and
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable
 from typing import Any, Literal, get_args
 
 from torch import nn
 
-from vision_pipe import StageError
+from vision_pipe import StageError, did_you_mean
 
 #: Activation functions a backbone can use.
 Activation = Literal["relu", "leaky_relu", "elu"]
@@ -32,9 +31,7 @@ def check_choice(stage_name: str, param: str, value: Any, choices: Iterable[Any]
     valid = ", ".join(repr(c) for c in choices)
     hint = ""
     if isinstance(value, str):
-        close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
-        if close:
-            hint = f" Did you mean {close[0]!r}?"
+        hint = did_you_mean(value, [str(c) for c in choices], n=1)
     raise StageError(f"backbone '{stage_name}': unknown {param} {value!r}; valid values are {valid}.{hint}")
 
 

@@ -7,7 +7,6 @@ accuracy and the confusion matrix; predictions are softmax probabilities.
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from vision_pipe import (
     Head,
     StageContext,
     StageError,
+    did_you_mean,
     hookimpl,
     stage,
 )
@@ -181,11 +181,6 @@ def _write_confusion_png(confmat: np.ndarray, class_names: Sequence[str], path: 
     fig.savefig(path, dpi=100)
 
 
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
-
-
 @stage("head", "classification")
 def classification(
     context: StageContext,
@@ -226,7 +221,7 @@ def classification(
     else:
         raise ChainError(
             f"head 'classification': feature {feature!r} is not a map of backbone '{context.backbone_name}'; "
-            f"its maps are {list(maps)}.{_did_you_mean(feature, maps)}"
+            f"its maps are {list(maps)}.{did_you_mean(feature, maps)}"
         )
     return ClassificationHead(
         info.name,
