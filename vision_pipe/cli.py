@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = pipe.config
         print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
         print(f"  loading       {cfg.data.loader['name']}  ({len(pipe.class_names)} classes: {', '.join(pipe.class_names[:10])}{' ...' if len(pipe.class_names) > 10 else ''})")
-        print(f"  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
+        print("  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
         if cfg.data.normalization:
             print(f"  normalization {cfg.data.normalization['name']}")
         for aug in cfg.data.augmentation:

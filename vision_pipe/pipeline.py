@@ -411,7 +411,7 @@ class Pipeline:
         if resume is not None and not Path(resume).is_file():
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
         run_dir = self._ensure_run_dir(resume)
-        self._call("fit", self._preflight, dm)
+        self._call("fit", dm.preflight)
         self._call("fit", self.fit_normalizer)
         # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
         pl.seed_everything(self.config.seed, workers=True, verbose=False)
@@ -431,9 +431,6 @@ class Pipeline:
         _update_metrics_file(run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")})
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
         return metrics
-
-    def _preflight(self, dm: PipelineDataModule) -> None:
-        dm.preflight()
 
     def _eval(self, action: str, ckpt: str | Path | None) -> tuple[pl.Trainer, str | None, Path]:
         self._require_data(action)
