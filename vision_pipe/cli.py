@@ -14,8 +14,6 @@ printed as one message naming the file / key / stage, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a pipeline YAML and its chain without training", description="Validate a pipeline YAML, its stages and their chain, and index the data, without training.")
     p.add_argument("pipeline", help="pipeline YAML")
+    p.add_argument("--data", action="store_true", help="also read and check every sample (the pre-flight pass run before training)")
     _add_common(p)
 
     p = sub.add_parser("stages", help="list every registered stage", description="List every registered stage: kind, name, parameters (types, defaults) and plugin.")
@@ -137,7 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  backbone      {cfg.model.backbone['name']}: {maps}")
         n_params = sum(p.numel() for p in pipe.module.parameters())
         print(f"  head          {cfg.model.head['name']}  ({n_params:,} parameters in the model)")
+        if args.data:
+            _preflight(pipe)
         return 0
+    _preflight(pipe)
     if command == "fit":
         metrics = pipe.fit(resume=args.resume)
         _print_metrics("fit finished", {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1})
@@ -157,6 +159,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nrun directory: {pipe.run_dir}")
         return 0
     raise AssertionError(command)
+
+
+def _preflight(pipe: Any) -> None:
+    report = pipe.preflight()
+    how = "cached result" if report.cached else f"{report.seconds:.1f} s"
+    line = f"pre-flight: {sum(report.checked.values())} samples checked ({how})"
+    if report.bad:
+        line += f"; {len(report.bad)} bad sample(s) left out (data.on_bad_sample: skip), listed in preflight.json:"
+        line += "".join(f"\n  - [{b.split}] {b.reason}" for b in report.bad[:5])
+        if len(report.bad) > 5:
+            line += f"\n  ... and {len(report.bad) - 5} more"
+    print(line, flush=True)
 
 
 def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -179,11 +193,6 @@ def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
 
 
 def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
-    import cv2
-
-    from vision_pipe.io import read_image
-    from vision_pipe.render import render_prediction
-
     source = Path(args.source)
     manager = _manager(args)
     if source.suffix == ".ckpt":
@@ -194,22 +203,11 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
         pipe = Pipeline.from_yaml(source, manager=manager)
         pipe.load_checkpoint(args.ckpt)
     paths = _expand_inputs(args.inputs)
-    predictions = pipe.predict(paths)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path, pred in zip(paths, predictions):
-        record = pred.to_dict()
-        annotated = render_prediction(read_image(path), pred)
-        target = out / f"{path.stem}_pred.png"
-        cv2.imwrite(str(target), cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
-        record["annotated"] = str(target)
-        records.append(record)
+    predictions = pipe.predict(paths, out=args.out)
+    for pred in predictions:
         print(_describe(pred))
-    tmp = out / f"predictions.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(records, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "predictions.json")
-    print(f"\nwrote {out / 'predictions.json'} and {len(records)} annotated image(s) to {out}/")
+    extra = ", detections_coco.json" if predictions and "boxes" in predictions[0].to_dict() else ""
+    print(f"\nwrote predictions.json{extra} and {len(predictions)} annotated image(s) to {args.out}/")
     return 0
 
 

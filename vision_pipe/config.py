@@ -45,6 +45,21 @@ def _check_stage_spec(value: Any) -> Any:
     return value
 
 
+class BoxRules(_Strict):
+    """Detection: what happens to boxes that augmentation pushes (partly) out of the image.
+
+    Boxes are clipped to the image; a clipped box is dropped when it keeps less
+    than ``min_visibility`` of its area, or less than ``min_area`` pixels
+    (input-size pixels), or is narrower/shorter than ``min_width``/``min_height``.
+    The rules apply to training augmentation only: evaluation keeps every box.
+    """
+
+    min_visibility: float = Field(0.3, ge=0.0, le=1.0)
+    min_area: float = Field(0.0, ge=0.0)
+    min_width: float = Field(0.0, ge=0.0)
+    min_height: float = Field(0.0, ge=0.0)
+
+
 class DataConfig(_Strict):
     """The data side: loading → (split) → resize → augmentation → batches → normalization."""
 
@@ -57,6 +72,12 @@ class DataConfig(_Strict):
     num_workers: int | Literal["auto"] = "auto"
     normalization: StageSpec | None = None
     augmentation: list[StageSpec] = Field(default_factory=list)
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error",
+        description="what the pre-flight check does with a bad sample: stop the run naming it (error) or leave it "
+        "out and list it in the run's preflight.json (skip)",
+    )
+    boxes: BoxRules = Field(default_factory=lambda: BoxRules())
 
     @field_validator("input_size", mode="before")
     @classmethod

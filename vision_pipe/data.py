@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vision_pipe.config import BoxRules
 from vision_pipe.errors import DataError
 from vision_pipe.stages import Batch, LoadedData, Sample, SampleSource
 
@@ -101,12 +102,27 @@ def make_splits(loaded: LoadedData, fractions: Sequence[float], seed: int) -> di
 
 
 def build_transform(
-    task: str, input_size: tuple[int, int], augmentations: Sequence[A.BasicTransform], *, min_visibility: float = 0.0
+    task: str, input_size: tuple[int, int], augmentations: Sequence[A.BasicTransform], *, boxes: BoxRules | None = None
 ) -> A.Compose:
-    """Resize to ``input_size`` (H, W), then ``augmentations``, as one Compose for ``task``'s targets."""
+    """Resize to ``input_size`` (H, W), then ``augmentations``, as one Compose for ``task``'s targets.
+
+    Detection boxes (``pascal_voc`` = xyxy pixels) follow every geometric
+    transform, are clipped to the image and dropped by ``boxes`` (no box is
+    dropped when ``boxes`` is None, as for evaluation); masks follow with
+    nearest-neighbour interpolation (albumentations' default for masks).
+    """
     transforms = [A.Resize(height=input_size[0], width=input_size[1]), *augmentations]
     if task == "detection":
-        bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility, clip=True)
+        rules = boxes or BoxRules(min_visibility=0.0)
+        bbox = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["labels", "difficult"],
+            min_visibility=rules.min_visibility,
+            min_area=rules.min_area,
+            min_width=rules.min_width,
+            min_height=rules.min_height,
+            clip=True,
+        )
         return A.Compose(transforms, bbox_params=bbox)
     return A.Compose(transforms)
 
@@ -148,6 +164,9 @@ def transform_sample(
     elif task == "detection":
         inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
         inputs["labels"] = np.asarray(sample["labels"], dtype=np.int64).reshape(-1)
+        difficult = sample.get("difficult")
+        n = len(inputs["labels"])
+        inputs["difficult"] = np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
     # Reproducible under the pipeline seed: each sample's augmentation seed is
     # drawn from torch's RNG, which Lightning seeds per process and per worker.
     transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -170,6 +189,7 @@ def transform_sample(
     elif task == "detection":
         item["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
         item["labels"] = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
+        item["difficult"] = torch.as_tensor(np.asarray(out["difficult"], dtype=bool).reshape(-1))
     return item
 
 
@@ -184,6 +204,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     if "boxes" in first:
         batch["boxes"] = [it["boxes"] for it in items]
         batch["labels"] = [it["labels"] for it in items]
+        batch["difficult"] = [it.get("difficult", torch.zeros(len(it["labels"]), dtype=torch.bool)) for it in items]
     return batch  # type: ignore[return-value]
 
 
@@ -264,6 +285,7 @@ class PipelineDataModule(pl.LightningDataModule):
         augmentations: Sequence[A.BasicTransform],
         batch_size: int,
         num_workers: int,
+        boxes: BoxRules | None = None,
     ) -> None:
         super().__init__()
         self.splits = splits
@@ -271,7 +293,7 @@ class PipelineDataModule(pl.LightningDataModule):
         self.input_size = input_size
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.train_transform = build_transform(task, input_size, augmentations)
+        self.train_transform = build_transform(task, input_size, augmentations, boxes=boxes or BoxRules())
         self.eval_transform = build_transform(task, input_size, [])
 
     def dataset(self, split: str) -> PipelineDataset:

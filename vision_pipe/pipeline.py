@@ -33,8 +33,8 @@ from vision_pipe.config import (
     validate_stage_params,
 )
 from vision_pipe.data import (
-    SubsetSource,
     PipelineDataModule,
+    SubsetSource,
     cache_dir,
     collate,
     default_num_workers,
@@ -43,12 +43,27 @@ from vision_pipe.data import (
     normalization_fingerprint,
     transform_sample,
 )
-from vision_pipe.errors import ChainError, ConfigError, DataError, StageError, VisionPipeError
+from vision_pipe.errors import (
+    ChainError,
+    ConfigError,
+    DataError,
+    StageError,
+    VisionPipeError,
+)
 from vision_pipe.io import IMAGE_EXTENSIONS, read_image
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS, PluginManager
+from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
+from vision_pipe.render import write_predictions
 from vision_pipe.results import Prediction
-from vision_pipe.stages import Backbone, Head, Loader, Normalizer, SampleSource, StageContext
+from vision_pipe.stages import (
+    Backbone,
+    Head,
+    Loader,
+    Normalizer,
+    SampleSource,
+    StageContext,
+)
 
 
 class _DropLightningTips(logging.Filter):
@@ -59,6 +74,7 @@ class _DropLightningTips(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLightningTips())
+log = logging.getLogger("vision_pipe")
 # Evaluation trainers restore a checkpoint without the training callbacks on purpose.
 warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
@@ -89,6 +105,7 @@ class Pipeline:
         *,
         manager: PluginManager | None = None,
         class_names: Sequence[str] | None = None,
+        class_colors: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.manager = manager or PluginManager()
         for module in data.get("plugins") or []:
@@ -103,6 +120,10 @@ class Pipeline:
         self.best_checkpoint: str | None = None
         self.splits: dict[str, SampleSource] = {}
         self.datamodule: PipelineDataModule | None = None
+        self.preflight_report: PreflightReport | None = None
+        self.class_colors: list[tuple[int, int, int]] | None = (
+            [tuple(int(v) for v in c) for c in class_colors] if class_colors else None  # type: ignore[misc]
+        )
         self._normalizer_fitted = False
         # Weight initialization is seeded too (without disturbing the caller's RNG state).
         with torch.random.fork_rng(devices=[]):
@@ -142,7 +163,13 @@ class Pipeline:
         """A pipeline for inference from a checkpoint alone (no training data needed)."""
         ckpt = _read_checkpoint(checkpoint)
         info = ckpt["vision_pipe"]
-        pipe = cls(copy.deepcopy(info["config"]), Locations(), manager=manager, class_names=info["class_names"])
+        pipe = cls(
+            copy.deepcopy(info["config"]),
+            Locations(),
+            manager=manager,
+            class_names=info["class_names"],
+            class_colors=info.get("class_colors"),
+        )
         pipe._load_weights(ckpt, checkpoint)
         return pipe
 
@@ -212,6 +239,8 @@ class Pipeline:
             self.stages["loading"] = loader
             self.splits = make_splits(loaded, cfg.data.split, cfg.seed)
             class_names = loaded.class_names
+            if loaded.class_colors:
+                self.class_colors = [tuple(int(v) for v in c) for c in loaded.class_colors]  # type: ignore[misc]
         self.class_names = list(class_names)
         ctx = StageContext(
             task=task, seed=cfg.seed, input_size=cfg.data.input_size, class_names=tuple(self.class_names)
@@ -266,7 +295,7 @@ class Pipeline:
             cfg.optimizer,
             cfg.scheduler,
             self.class_names,
-            checkpoint_extra={"config": self.resolved},
+            checkpoint_extra={"config": self.resolved, "class_colors": self.class_colors},
         )
         if self.splits:
             workers = cfg.data.num_workers
@@ -277,6 +306,7 @@ class Pipeline:
                 augmentations,
                 cfg.data.batch_size,
                 default_num_workers() if workers == "auto" else workers,
+                boxes=cfg.data.boxes,
             )
 
     # ------------------------------------------------------------------
@@ -324,6 +354,36 @@ class Pipeline:
             )
         return self.datamodule
 
+    def preflight(self) -> PreflightReport:
+        """Read and check every sample once (see :mod:`vision_pipe.preflight`); apply ``data.on_bad_sample``.
+
+        Runs before the first fit/validate/test (its outcome is cached on disk for
+        unchanged data). Raises :class:`DataError` listing the bad samples, or,
+        with ``on_bad_sample: skip``, leaves them out of the splits.
+        """
+        if self.preflight_report is not None:
+            return self.preflight_report
+        dm = self._require_data("check the data")
+        report = run_preflight(self.splits, self.config.task, len(self.class_names), dm.num_workers)
+        self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)
+        dm.splits = self.splits
+        self.preflight_report = report
+        skipped = f", {len(report.bad)} bad sample(s) skipped" if report.bad else ""
+        source = "cached" if report.cached else f"{report.seconds:.1f} s"
+        log.info("pre-flight: %d samples checked (%s)%s", sum(report.checked.values()), source, skipped)
+        return report
+
+    def _record_preflight(self, run_dir: Path) -> None:
+        report = self.preflight_report
+        if report is None:
+            return
+        record = {"on_bad_sample": self.config.data.on_bad_sample, **report.to_dict()}
+        _write_text(run_dir / "preflight.json", json.dumps(record, indent=2))
+        _update_metrics_file(
+            run_dir / "metrics.json",
+            {"data/checked": float(sum(report.checked.values())), "data/skipped": float(len(report.bad))},
+        )
+
     def fit_normalizer(self) -> None:
         """Fit the normalization stage on the training split (cached on disk by fingerprint)."""
         normalizer = self.stages.get("normalization")
@@ -349,7 +409,11 @@ class Pipeline:
         self._normalizer_fitted = True
 
     def _trainer(self, run_dir: Path, *, action: str) -> tuple[pl.Trainer, Any]:
-        from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+        from pytorch_lightning.callbacks import (
+            EarlyStopping,
+            LearningRateMonitor,
+            ModelCheckpoint,
+        )
         from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
         cfg = self.config
@@ -410,7 +474,9 @@ class Pipeline:
         dm = self._require_data("fit")
         if resume is not None and not Path(resume).is_file():
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
+        self._call("fit", self.preflight)
         run_dir = self._ensure_run_dir(resume)
+        self._record_preflight(run_dir)
         self._call("fit", dm.preflight)
         self._call("fit", self.fit_normalizer)
         # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
@@ -441,7 +507,11 @@ class Pipeline:
             raise VisionPipeError(f"nothing to {action}: call fit() first or pass a checkpoint (--ckpt)")
         if ckpt is not None and not Path(ckpt).is_file():
             raise VisionPipeError(f"checkpoint not found: {ckpt}")
+        first = self.preflight_report is None
+        self._call(action, self.preflight)
         run_dir = self._ensure_run_dir(ckpt)
+        if first:
+            self._record_preflight(run_dir)
         self.module.plots_dir = run_dir / "plots"
         trainer, _ = self._trainer(run_dir, action=action)
         self.trainer = trainer
@@ -473,14 +543,29 @@ class Pipeline:
         return metrics
 
     def predict(
-        self, inputs: Sequence[str | Path | np.ndarray], *, ckpt: str | Path | None = None, batch_size: int | None = None
+        self,
+        inputs: Sequence[str | Path | np.ndarray],
+        *,
+        ckpt: str | Path | None = None,
+        batch_size: int | None = None,
+        out: str | Path | None = None,
     ) -> list[Prediction]:
-        """Predict on image files and/or (H, W, 3) uint8 RGB arrays; results are in original-image coordinates."""
+        """Predict on image files and/or (H, W, 3) uint8 RGB arrays; results are in original-image coordinates.
+
+        With ``out``, also write the results there (see
+        :func:`vision_pipe.render.write_predictions`): ``<name>_pred.png`` per
+        input (drawn prediction / colour overlay), ``<name>_mask.png`` (class ids,
+        segmentation), ``predictions.json`` and ``detections_coco.json`` (detection).
+        """
         if ckpt is not None:
             self.load_checkpoint(ckpt)
         items = list(inputs)
         self.manager.hook.vision_pipe_before_predict(pipeline=self, inputs=items)
         results = self._call("predict", self._predict, items, batch_size or self.config.data.batch_size)
+        if out is not None:
+            names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
+            images = _LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
+            write_predictions(images, results, out, names, self.class_colors)
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
@@ -488,12 +573,6 @@ class Pipeline:
         from vision_pipe.data import build_transform
 
         transform = build_transform(self.config.task, self.config.data.input_size, [])
-        samples = []
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray):
-                samples.append({"image": item, "id": f"array:{i}"})
-            else:
-                samples.append({"image": read_image(item), "id": str(item)})
         module = self.module
         device = next(module.parameters()).device
         was_training = module.training
@@ -501,9 +580,10 @@ class Pipeline:
         results: list[Prediction] = []
         try:
             with torch.inference_mode():
-                for start in range(0, len(samples), batch_size):
-                    chunk = samples[start : start + batch_size]
-                    batch = collate([_predict_item(s, transform, self.config.data.input_size) for s in chunk])
+                for start in range(0, len(items), batch_size):
+                    chunk = [_predict_sample(i, items[i]) for i in range(start, min(start + batch_size, len(items)))]
+                    size = self.config.data.input_size
+                    batch = collate([transform_sample(s, "prediction", transform, size) for s in chunk])
                     outputs = module(batch["image"].to(device))
                     results.extend(module.head.decode(outputs, batch, self.class_names))
         finally:
@@ -527,12 +607,30 @@ class Pipeline:
 # ----------------------------------------------------------------------------
 
 
-def _predict_item(sample: dict[str, Any], transform: A.Compose, input_size: tuple[int, int]) -> dict[str, Any]:
-    image = sample["image"]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    sample = {**sample, "image": image}
-    return transform_sample(sample, "prediction", transform, input_size)
+def _predict_sample(i: int, item: Any) -> dict[str, Any]:
+    """A predict input (a path or an array) as a sample: ``{"image": (H, W, 3) uint8 RGB, "id": ...}``."""
+    if not isinstance(item, np.ndarray):
+        return {"image": read_image(item), "id": str(item)}
+    image = item if item.ndim != 2 else np.repeat(item[:, :, None], 3, axis=2)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(
+            f"predict input {i}: an array of shape {item.shape} and dtype {item.dtype}; "
+            "expected an (H, W, 3) uint8 RGB image (or an (H, W) grey one)"
+        )
+    return {"image": image, "id": f"array:{i}"}
+
+
+class _LazyImages(Sequence[np.ndarray]):
+    """The predict inputs as images, decoded when indexed."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return _predict_sample(i, self.items[i])["image"]
 
 
 def _set(tree: dict[str, Any], loc: tuple[str | int, ...], value: Any) -> None:

@@ -128,7 +128,10 @@ class Sample(TypedDict, total=False):
     - ``id``: a stable identifier, the file path for files.
     - classification: ``label`` int in [0, num_classes).
     - segmentation: ``mask`` (H, W) int64, class ids; the ignore value is 255.
-    - detection: ``boxes`` (N, 4) float32 xyxy pixels; ``labels`` (N,) int64.
+    - detection: ``boxes`` (N, 4) float32 xyxy pixels (edges: a box covering
+      pixel columns 2..5 has x1=2, x2=6); ``labels`` (N,) int64 in
+      [0, num_classes); optional ``difficult`` (N,) bool (Pascal VOC's flag:
+      such objects are kept for training and ignored by the mAP metric).
     """
 
     image: np.ndarray
@@ -137,6 +140,7 @@ class Sample(TypedDict, total=False):
     mask: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
+    difficult: np.ndarray
 
 
 class Batch(TypedDict, total=False):
@@ -146,6 +150,7 @@ class Batch(TypedDict, total=False):
     - ``label``: (B,) int64.  ``mask``: (B, H, W) int64.
     - ``boxes``: list of B tensors (N_i, 4) float32 xyxy pixels of the model input.
     - ``labels``: list of B tensors (N_i,) int64.
+    - ``difficult``: list of B tensors (N_i,) bool (all False when the loader gives none).
     - ``meta``: list of B dicts with ``id`` and ``orig_size`` (h, w) of the original image.
     """
 
@@ -154,6 +159,7 @@ class Batch(TypedDict, total=False):
     mask: Tensor
     boxes: list[Tensor]
     labels: list[Tensor]
+    difficult: list[Tensor]
     meta: list[dict[str, Any]]
 
 
@@ -163,7 +169,21 @@ class Batch(TypedDict, total=False):
 
 
 class SampleSource(ABC):
-    """An indexable, lazily decoded collection of samples (never held whole in memory)."""
+    """An indexable, lazily decoded collection of samples (never held whole in memory).
+
+    ``__getitem__`` raises :class:`~vision_pipe.errors.DataError` for a problem
+    with *one* sample (its image file is missing or unreadable, an image has no
+    mask, an RGB mask where an index mask is expected, an annotation names an
+    undeclared category, ...), with a message that names the file (and the
+    annotation or line) and says how to fix it. Before training, the pipeline
+    reads every sample once (the *pre-flight* pass) and, besides these errors,
+    checks what every source must satisfy: image (H, W, 3) uint8; mask (H, W)
+    of the image's size with values in [0, num_classes) or 255; boxes finite,
+    x1 < x2, y1 < y2, inside [0, W] x [0, H], labels in [0, num_classes). With
+    ``data.on_bad_sample: error`` (the default) bad samples stop the run with
+    all their messages; with ``skip`` they are left out and listed in the
+    run's ``preflight.json`` (their count in ``metrics.json``).
+    """
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -183,10 +203,13 @@ class LoadedData:
     ``splits`` maps split names to sources. A loader with its own split gives
     ``train``, ``val`` and ``test``; a loader without one gives a single
     ``all`` source, and the pipeline makes a seeded split (``data.split``).
+    ``class_colors``: optional (R, G, B) per class (e.g. from a palette PNG or
+    a classes file), used when drawing predictions.
     """
 
     class_names: list[str]
     splits: dict[str, SampleSource]
+    class_colors: list[tuple[int, int, int]] | None = None
 
 
 class Loader(ABC):
@@ -200,7 +223,10 @@ class Loader(ABC):
         """Index the source (cheaply: no decoding of every image) for ``task``.
 
         Raise :class:`~vision_pipe.errors.DataError` naming the file for a
-        missing folder, an empty class folder, a folder without images, etc.
+        problem with the whole source (a missing folder, an unreadable
+        annotation file, a folder without images): these always stop the run.
+        Problems with single samples are raised by the source's ``__getitem__``
+        (see :class:`SampleSource`) so that ``on_bad_sample: skip`` can skip them.
         """
 
 

@@ -112,7 +112,23 @@ def test_unreadable_image_found_in_a_worker_is_one_clear_message(tiny_config, wr
     path = write_yaml("p.yaml", tiny_config)
     assert main(["check", str(path)]) == 0  # indexing does not decode
     capsys.readouterr()
+    assert main(["check", str(path), "--data"]) == 2  # the pre-flight pass decodes every image
+    assert f"cannot read image {broken}: not a valid image file" in capsys.readouterr().err
     assert main(["fit", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"cannot read image {broken}: not a valid image file" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "found 1 bad sample(s) of 10" in err and "data.on_bad_sample: skip" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+
+    # skipped instead: the run trains on the other 9 and lists the bad one
+    assert main(["fit", str(path), "data.on_bad_sample=skip", "--no-test"]) == 0
+    out = capsys.readouterr().out
+    assert "pre-flight: 10 samples checked" in out and "1 bad sample(s) left out" in out
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    report = json.loads((run_dir / "preflight.json").read_text())
+    assert report["on_bad_sample"] == "skip" and report["checked"] == {"train": 6, "val": 2, "test": 2}
+    (bad,) = report["bad"]
+    assert bad["split"] == "test" and f"cannot read image {broken}" in bad["reason"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data/skipped"] == 1 and metrics["data/checked"] == 10

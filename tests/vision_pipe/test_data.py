@@ -183,6 +183,7 @@ def test_collate_detection_keeps_per_image_lists() -> None:
     assert [tuple(b.shape) for b in batch["boxes"]] == [(2, 4), (0, 4), (1, 4)]
     assert [lab.tolist() for lab in batch["labels"]] == [[1, 2], [], [3]]
     assert torch.equal(batch["boxes"][0], boxes[0]) and torch.equal(batch["boxes"][2], boxes[2])
+    assert [d.tolist() for d in batch["difficult"]] == [[False, False], [], [False]]
 
 
 # ----------------------------------------------------------------------------
@@ -487,3 +488,43 @@ def test_read_jpeg_applies_exif_orientation(tmp_path: Path) -> None:
     assert image.shape == (40, 20, 3)
     # rotated clockwise, the left half (red) becomes the top half
     assert image[5, 10, 0] > 200 and image[35, 10, 0] < 50
+
+
+# ----------------------------------------------------------------------------
+# detection: difficult flags and the box visibility rules
+# ----------------------------------------------------------------------------
+
+
+def test_difficult_flags_follow_their_boxes_through_augmentation() -> None:
+    sample: Sample = {
+        "id": "d",
+        "image": _random_image(20, 20),
+        "boxes": np.array([[0, 0, 4, 4], [10, 10, 20, 20]], np.float32),
+        "labels": np.array([0, 1]),
+        "difficult": np.array([False, True]),
+    }
+    item = transform_sample(sample, "detection", build_transform("detection", (20, 20), [A.HorizontalFlip(p=1)]), (20, 20))
+    assert item["boxes"].tolist() == [[16, 0, 20, 4], [0, 10, 10, 20]]
+    assert item["labels"].tolist() == [0, 1] and item["difficult"].tolist() == [False, True]
+    plain = {k: v for k, v in sample.items() if k != "difficult"}
+    item = transform_sample(plain, "detection", build_transform("detection", (20, 20), []), (20, 20))
+    assert item["difficult"].tolist() == [False, False]
+
+
+def test_box_rules_drop_mostly_hidden_boxes_in_training_only() -> None:
+    from vision_pipe.config import BoxRules
+
+    # a crop of the left half: box 0 stays whole, box 1 keeps 2/10 of its width, box 2 keeps 6/10
+    sample: Sample = {
+        "id": "v",
+        "image": _random_image(20, 40),
+        "boxes": np.array([[2, 2, 8, 8], [18, 0, 28, 10], [14, 10, 24, 20]], np.float32),
+        "labels": np.array([0, 1, 2]),
+    }
+    crop = A.Crop(x_min=0, y_min=0, x_max=20, y_max=20)
+    train = build_transform("detection", (20, 40), [crop, A.Resize(20, 40)], boxes=BoxRules(min_visibility=0.3))
+    item = transform_sample(sample, "detection", train, (20, 40))
+    assert item["labels"].tolist() == [0, 2]
+    assert item["boxes"][1].tolist() == [28, 10, 40, 20]  # clipped at the crop's edge, then scaled x2
+    keep_all = build_transform("detection", (20, 40), [crop, A.Resize(20, 40)])  # no rules: nothing dropped
+    assert transform_sample(sample, "detection", keep_all, (20, 40))["labels"].tolist() == [0, 1, 2]
