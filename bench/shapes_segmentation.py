@@ -1,0 +1,60 @@
+"""Quality and time of pipelines/shapes_segmentation.yaml, and its three upsampling modes side by side.
+
+Target (FCN issue): test mIoU >= 0.85 with the default settings in <= 10 minutes on a 2-core CPU.
+
+    .venv/bin/python bench/shapes_segmentation.py [--modes transposed,unpool,bilinear] [key=value ...]
+
+First fits and tests the pipeline as shipped (its ``upsample`` is the default
+mode); then fits and tests it again with each other mode of ``--modes``
+(``--modes ""`` skips them), everything else equal (same data, split, seed,
+epochs and overrides). Prints mIoU, pixel accuracy and wall time per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from vision_pipe import Pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = ROOT / "pipelines" / "shapes_segmentation.yaml"
+
+
+def run(overrides: list[str]) -> dict[str, float]:
+    start = time.perf_counter()
+    pipe = Pipeline.from_yaml(PIPELINE, overrides)
+    fit = pipe.fit()
+    test = pipe.test()
+    return {
+        "miou": test["test/miou"],
+        "pixel_acc": test["test/pixel_acc"],
+        "epochs": fit["fit/epochs"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default="transposed,unpool,bilinear", help="upsampling modes to compare")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args()
+    default_mode = yaml.safe_load(PIPELINE.read_text())["model"]["head"]["upsample"]
+    results = {f"{default_mode} (default)": run(args.overrides)}
+    for mode in [m for m in args.modes.split(",") if m and m != default_mode]:
+        results[mode] = run([*args.overrides, f"model.head.upsample={mode}"])
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\ndevice: {device}    pipeline: {PIPELINE.relative_to(ROOT)} {' '.join(args.overrides)}")
+    print(f"{'upsample':<22} {'test/miou':>9} {'pixel_acc':>9} {'epochs':>6} {'fit+test':>9}")
+    for mode, r in results.items():
+        print(f"{mode:<22} {r['miou']:>9.4f} {r['pixel_acc']:>9.4f} {int(r['epochs']):>6} {r['seconds']:>8.1f}s")
+    print("target: test/miou >= 0.85 with the default settings in <= 600 s on a 2-core CPU")
+
+
+if __name__ == "__main__":
+    main()
