@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from vision_pipe.errors import (
     ChainError,
     ConfigError,
+    ContractError,
     DataError,
     PluginError,
     StageError,
@@ -59,6 +60,7 @@ __all__ = [
     "ChainError",
     "ClassificationPrediction",
     "ConfigError",
+    "ContractError",
     "DataError",
     "DetectionPrediction",
     "FeatureInfo",

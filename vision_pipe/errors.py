@@ -41,6 +41,10 @@ class StageError(VisionPipeError):
     """A stage could not be built or failed its contract; names the stage."""
 
 
+class ContractError(StageError):
+    """A stage broke its kind's contract (:mod:`vision_pipe.testing` checks); names the stage and the rule."""
+
+
 class ChainError(VisionPipeError):
     """Two stages of a pipeline do not fit together; names both stages."""
 

@@ -3,7 +3,9 @@ loss, metrics and decoding."""
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +165,26 @@ def test_metrics_give_the_hand_computed_iou() -> None:
     assert math.isnan(out["iou/b"])
     assert out["miou"] == pytest.approx(2 / 3)
     assert out["pixel_acc"] == pytest.approx(4 / 5)
+
+
+def test_summarize_writes_the_per_class_iou_as_csv_and_bar_chart(tmp_path: Path) -> None:
+    head = _head()
+    computed = {"iou": torch.tensor([0.5, 0.25, math.nan]), "pixel_acc": torch.tensor(0.75)}
+    out = head.summarize(computed, NAMES, tmp_path / "plots")
+    assert out["miou"] == pytest.approx(0.375)  # (0.5 + 0.25) / 2, NaN left out
+    with (tmp_path / "plots" / "iou_per_class.csv").open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [
+        ["id", "class", "iou"],
+        ["0", "background", "0.500000"],
+        ["1", "a", "0.250000"],
+        ["2", "b", "nan"],
+    ]
+    png = (tmp_path / "plots" / "iou_per_class.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    again = head.summarize(computed, NAMES, None)  # no plots_dir: nothing written, same numbers
+    assert math.isnan(again.pop("iou/b")) and math.isnan(out.pop("iou/b"))
+    assert again == out
 
 
 def test_decode_resizes_the_mask_to_the_original_size() -> None:
