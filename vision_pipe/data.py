@@ -101,6 +101,22 @@ def make_splits(loaded: LoadedData, fractions: Sequence[float], seed: int) -> di
 # ----------------------------------------------------------------------------
 
 
+#: Transforms that resize with cv2.resize. Its INTER_NEAREST picks source pixel floor(x * scale),
+#: shifting a resized mask by up to half a pixel against its (pixel-centre sampled) image;
+#: INTER_NEAREST_EXACT samples pixel centres too. (Warping transforms — Affine, ElasticTransform
+#: ... — sample centres already, and cv2.remap has no INTER_NEAREST_EXACT.)
+_RESIZING = (
+    A.Resize,
+    A.RandomResizedCrop,
+    A.RandomSizedCrop,
+    A.RandomSizedBBoxSafeCrop,
+    A.LongestMaxSize,
+    A.SmallestMaxSize,
+    A.RandomScale,
+    A.CropAndPad,
+)
+
+
 def build_transform(
     task: str, input_size: tuple[int, int], augmentations: Sequence[A.BasicTransform], *, boxes: BoxRules | None = None
 ) -> A.Compose:
@@ -109,9 +125,14 @@ def build_transform(
     Detection boxes (``pascal_voc`` = xyxy pixels) follow every geometric
     transform, are clipped to the image and dropped by ``boxes`` (no box is
     dropped when ``boxes`` is None, as for evaluation); masks follow with
-    nearest-neighbour interpolation (albumentations' default for masks).
+    nearest-neighbour interpolation sampled at pixel centres (resizing transforms
+    get ``INTER_NEAREST_EXACT`` instead of plain ``INTER_NEAREST``), so they stay aligned.
     """
-    transforms = [A.Resize(height=input_size[0], width=input_size[1]), *augmentations]
+    resize = A.Resize(height=input_size[0], width=input_size[1], mask_interpolation=cv2.INTER_NEAREST_EXACT)
+    transforms = [resize, *augmentations]
+    for t in augmentations:
+        if isinstance(t, _RESIZING) and getattr(t, "mask_interpolation", None) == cv2.INTER_NEAREST:
+            t.mask_interpolation = cv2.INTER_NEAREST_EXACT
     if task == "detection":
         rules = boxes or BoxRules(min_visibility=0.0)
         bbox = A.BboxParams(

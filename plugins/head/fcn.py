@@ -289,12 +289,14 @@ class FCNHead(Head):
 
     def decode(self, outputs: Tensor, batch: Batch, class_names: Sequence[str]) -> list[SegmentationPrediction]:
         """Logits (B, num_classes, H, W) → one :class:`SegmentationPrediction` per image, the argmax
-        mask resized (nearest) to ``batch["meta"][i]["orig_size"]``."""
+        mask resized to ``batch["meta"][i]["orig_size"]`` by nearest neighbour sampled at pixel centres
+        (``nearest-exact``: output pixel x takes input pixel floor((x + 0.5) * in / out), aligned with the
+        bilinear resize of the image; plain ``nearest``, floor(x * in / out), shifts by up to half a pixel)."""
         labels = outputs.detach().argmax(dim=1)  # (B, H, W)
         predictions = []
         for i, meta in enumerate(batch["meta"]):
             h, w = (int(v) for v in meta["orig_size"])
-            mask = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest")[0, 0]
+            mask = F.interpolate(labels[i][None, None].float(), size=(h, w), mode="nearest-exact")[0, 0]
             predictions.append(
                 SegmentationPrediction(
                     id=str(meta["id"]),

@@ -201,6 +201,15 @@ def test_decode_resizes_the_mask_to_the_original_size() -> None:
     assert prediction.class_names == list(NAMES)
 
 
+def test_decode_samples_the_mask_at_pixel_centres() -> None:
+    head = _head()
+    labels = torch.tensor([[[0, 1, 2]]])  # (1, 1, 3): one row of three classes
+    logits = F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    (prediction,) = head.decode(logits, Batch(meta=[{"id": "x", "orig_size": (1, 2)}]), NAMES)
+    # 3 → 2 columns: output column j covers input [1.5 j, 1.5 (j + 1)), centre 1.5 j + 0.75 → columns 0 and 2
+    assert prediction.mask.tolist() == [[0, 2]]
+
+
 def test_stage_is_registered_through_its_entry_point() -> None:
     from importlib.metadata import entry_points
 

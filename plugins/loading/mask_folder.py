@@ -1,0 +1,645 @@
+"""The ``mask_folder`` loading stage: images with per-pixel class masks, for segmentation.
+
+An image and its mask are matched by their path below their folder without the
+suffix: ``images/x.jpg`` ↔ ``masks/x.png``, ``images/a/y.png`` ↔ ``masks/a/y.png``
+(the mask's name is the image's stem + ``mask_suffix``). Layouts::
+
+    images/x.jpg, masks/x.png                          → one "all" source (the pipeline splits it)
+    images/{train,val,test}/x.jpg, masks/{train,val,test}/x.png
+                                                       → the folders are the splits (val, test optional)
+    split_files: {train: train.txt, test: val.txt}     → one split per list of names (Pascal VOC's
+                                                         ImageSets/Segmentation/*.txt: one stem a line)
+
+Masks (read with Pillow; lossless formats only — JPEG noise changes class ids):
+
+- single-channel 8- or 16-bit images: the pixel value is the class id;
+- palette images (PNG mode "P", as Pascal VOC's ``SegmentationClass``): the palette index is
+  the class id; the palette's colours become the class colours;
+- 3- or 4-channel images whose R, G and B are equal everywhere: read as single-channel
+  (alpha is ignored); any other RGB mask is an error, unless ``rgb_masks: true`` maps the
+  class colours given in ``classes`` to ids.
+
+``ignore_value`` pixels (255 by default, VOC's object borders) become 255, the
+pipeline's ignore value. Only the file listing is kept in memory; images and
+masks are decoded when indexed, and a problem with one sample (an image without
+a mask, an RGB or unreadable mask) is a :class:`DataError` naming the files,
+raised then, so that the pre-flight check can stop or skip it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from vision_pipe import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    LoadedData,
+    Loader,
+    Sample,
+    SampleSource,
+    StageError,
+    hookimpl,
+    read_image,
+    stage,
+)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IGNORE = 255  #: the ignore value of the :class:`~vision_pipe.Sample` contract
+_EXT_LIST = "jpg, jpeg, png, bmp"
+_MAX_LISTED = 5  #: examples listed in an error message
+RGB = tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------
+# Classes: names and colours
+# ----------------------------------------------------------------------------
+
+
+def default_colors(n: int) -> list[RGB]:
+    """The Pascal VOC colour map: colour of class ``i`` from the bits of ``i`` (0 → black)."""
+    colors = []
+    for i in range(n):
+        rgb = [0, 0, 0]
+        c = i
+        for j in range(8):
+            for k in range(3):
+                rgb[k] |= ((c >> k) & 1) << (7 - j)
+            c >>= 3
+        colors.append((rgb[0], rgb[1], rgb[2]))
+    return colors
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names by id, and a colour per class where one was given."""
+
+    names: list[str]
+    colors: list[RGB | None]
+
+
+def _color(value: Any, where: str) -> RGB:
+    """``[r, g, b]`` (0..255) or ``"#rrggbb"`` → (r, g, b)."""
+    if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
+        try:
+            return (int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16))
+        except ValueError:
+            pass
+    elif (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        return (value[0], value[1], value[2])
+    raise DataError(f"{where}: colour {value!r} is not [r, g, b] with 0..255 integers or '#rrggbb'")
+
+
+def _class_entry(value: Any, where: str) -> tuple[str, RGB | None]:
+    """A class entry: ``name`` or ``{name: ..., color: ...}``."""
+    if isinstance(value, str) and value.strip():
+        return value.strip(), None
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"].strip():
+        unknown = set(value) - {"name", "color"}
+        if unknown:
+            raise DataError(f"{where}: unknown key(s) {sorted(unknown)}; a class has 'name' and optionally 'color'")
+        color = _color(value["color"], where) if value.get("color") is not None else None
+        return value["name"].strip(), color
+    raise DataError(f"{where}: {value!r} is not a class name or a {{name: ..., color: [r, g, b]}} mapping")
+
+
+def _class_id(key: Any, where: str) -> int:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    raise DataError(f"{where}: key {key!r} is not a class id (0, 1, 2, ...)")
+
+
+def parse_classes(data: Any, where: str) -> ClassSpec:
+    """Classes from a list (index = id) or a mapping id → entry; each entry a name or ``{name, color}``.
+
+    ``where`` names the source in error messages. Ids must be 0..n-1, names unique.
+    """
+    example = "e.g. [background, cat, dog] or {0: background, 1: {name: cat, color: [255, 0, 0]}}"
+    if isinstance(data, list):
+        entries = [_class_entry(v, f"{where}: entry {i}") for i, v in enumerate(data)]
+    elif isinstance(data, dict):
+        by_id = {_class_id(k, where): v for k, v in data.items()}
+        missing = sorted(set(range(len(by_id))) - set(by_id))
+        if missing:
+            raise DataError(
+                f"{where}: class ids must be 0..{len(by_id) - 1} without gaps; missing {missing}, "
+                f"given {sorted(by_id)}"
+            )
+        entries = [_class_entry(by_id[i], f"{where}: class {i}") for i in range(len(by_id))]
+    else:
+        raise DataError(f"{where}: expected a list of class names or a mapping id → name ({example})")
+    if not entries:
+        raise DataError(f"{where}: no classes ({example})")
+    names = [name for name, _ in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{where}: class name(s) {twice} appear more than once")
+    return ClassSpec(names, [color for _, color in entries])
+
+
+def read_classes_file(path: Path) -> ClassSpec:
+    """A classes file: JSON for ``.json``, YAML otherwise (see :func:`parse_classes`)."""
+    if not path.is_file():
+        raise DataError(f"classes file {path} does not exist: check the loading stage's 'classes' parameter")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read classes file {path}: {exc}") from exc
+    return parse_classes(data, f"classes file {path}")
+
+
+# ----------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------
+
+
+def _color_codes(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB → (...) int64 codes 0xRRGGBB."""
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+@dataclass(frozen=True, eq=False)
+class MaskReader:
+    """Reads a mask file into (H, W) int64 class ids with the ignore value 255.
+
+    ``colors``/``color_ids``: with ``rgb_masks``, the sorted 0xRRGGBB codes of the
+    known colours and the raw id of each (the ignore colour gives ``ignore_value``).
+    """
+
+    ignore_value: int = IGNORE
+    colors: np.ndarray | None = None  # (K,) int64, sorted
+    color_ids: np.ndarray | None = None  # (K,) int64
+
+    def read(self, path: Path) -> np.ndarray:
+        """The mask at ``path`` as (H, W) int64 ids; :class:`DataError` naming the file when it cannot be."""
+        raw = self._decode(path)
+        mask = raw.astype(np.int64)
+        if self.ignore_value != IGNORE:
+            if (mask == IGNORE).any():
+                raise DataError(
+                    f"mask {path} has pixels of value {IGNORE}, which the pipeline reserves for 'ignore', but "
+                    f"ignore_value is {self.ignore_value}: relabel those pixels, or set ignore_value: {IGNORE}"
+                )
+            mask[mask == self.ignore_value] = IGNORE
+        return mask
+
+    def _decode(self, path: Path) -> np.ndarray:
+        """Raw ids (H, W): palette indices, grey values, or ids of RGB colours."""
+        try:
+            with Image.open(path) as im:
+                im.load()
+                mode = im.mode
+                array = np.asarray(im)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(
+                f"cannot read mask {path}: {exc}; masks must be lossless images (PNG) of class ids: "
+                "re-export it, or remove it and its image"
+            ) from exc
+        if mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
+            return array.astype(np.int64) if mode == "1" else array
+        if mode in ("PA", "LA"):
+            return array[..., 0]
+        if mode in ("RGB", "RGBA", "RGBX"):
+            return self._from_rgb(array[..., :3], path)
+        raise DataError(
+            f"mask {path} has pixel mode {mode!r}; masks must be 8/16-bit single-channel class ids or palette PNGs"
+        )
+
+    def _from_rgb(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        """(H, W, 3) uint8 → raw ids: the grey value when R = G = B everywhere, else by colour."""
+        if self.colors is None or self.color_ids is None:
+            colored = (rgb[..., 0] != rgb[..., 1]) | (rgb[..., 1] != rgb[..., 2])
+            if not colored.any():
+                return rgb[..., 0]
+            y, x = np.unravel_index(int(np.argmax(colored)), colored.shape)
+            raise DataError(
+                f"mask {path} is an RGB image ({int(colored.sum())} pixels with R, G, B not all equal, e.g. "
+                f"colour {tuple(int(v) for v in rgb[y, x])} at x={x}, y={y}); masks must be single-channel "
+                "class ids (8/16-bit grey PNG) or palette PNGs (palette index = class id). Convert it to class "
+                "ids, e.g. ids = colour→id lookup, then PIL.Image.fromarray(ids.astype('uint8')).save(...), or, "
+                "if its colours are class colours, set rgb_masks: true and give every class a colour in 'classes'"
+            )
+        codes = _color_codes(rgb)  # (H, W)
+        pos = np.clip(np.searchsorted(self.colors, codes), 0, len(self.colors) - 1)
+        known = self.colors[pos] == codes
+        if not known.all():
+            unknown, counts = np.unique(codes[~known], return_counts=True)
+            order = np.argsort(-counts)[:_MAX_LISTED]
+            listed = ", ".join(
+                f"({c >> 16}, {(c >> 8) & 255}, {c & 255}): {n} px" for c, n in zip(unknown[order], counts[order])
+            )
+            raise DataError(
+                f"mask {path} has {len(unknown)} colour(s) that are no class colour: {listed}; "
+                "give those classes a colour in 'classes', set ignore_color, or fix the mask"
+            )
+        return self.color_ids[pos]
+
+
+def palette_colors(path: Path) -> list[RGB] | None:
+    """The palette of a palette image (reads only its header), else ``None`` (also when unreadable)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "PA"):
+                return None
+            flat = im.getpalette("RGB") or []
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat) - 2, 3)]
+
+
+# ----------------------------------------------------------------------------
+# Indexing
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image and where its mask should be.
+
+    ``image`` is ``None`` when a split file names an image that does not exist
+    (``origin`` is then ``"file:line"``).
+    """
+
+    key: str  #: path below the images folder without suffix, posix
+    image: Path | None
+    mask: Path
+    origin: str = ""
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Files below ``folder`` (recursively, hidden ones skipped), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
+
+
+def _require_dir(folder: Path, param: str) -> None:
+    if not folder.exists():
+        raise DataError(f"{param} folder {folder} does not exist: check the loading stage's '{param}' parameter")
+    if not folder.is_dir():
+        raise DataError(f"{param} folder {folder} is not a directory: '{param}' must be a folder")
+
+
+@dataclass
+class FolderIndex:
+    """Images of one folder by key, and the mask files of the matching masks folder."""
+
+    images_dir: Path
+    masks_dir: Path
+    mask_suffix: str
+    images: dict[str, Path] = field(default_factory=dict)  #: key → image file
+    mask_files: set[str] = field(default_factory=set)  #: mask paths relative to masks_dir, posix
+
+    @classmethod
+    def scan(cls, images_dir: Path, masks_dir: Path, mask_suffix: str) -> FolderIndex:
+        """List both folders (no decoding); DataError for a missing folder or two images with one key."""
+        _require_dir(images_dir, "images")
+        _require_dir(masks_dir, "masks")
+        index = cls(images_dir, masks_dir, mask_suffix)
+        same = images_dir.resolve() == masks_dir.resolve()
+        for path in _files_under(images_dir):
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or (same and path.name.endswith(mask_suffix)):
+                continue
+            key = path.relative_to(images_dir).with_suffix("").as_posix()
+            if key in index.images:
+                raise DataError(
+                    f"images {index.images[key]} and {path} would share the mask {masks_dir / (key + mask_suffix)}: "
+                    "rename or remove one of them"
+                )
+            index.images[key] = path
+        index.mask_files = {p.relative_to(masks_dir).as_posix() for p in _files_under(masks_dir)}
+        return index
+
+    def mask_of(self, key: str) -> Path:
+        return self.masks_dir / (key + self.mask_suffix)
+
+    def has_mask(self, key: str) -> bool:
+        return key + self.mask_suffix in self.mask_files
+
+    def pairs(self) -> list[Pair]:
+        """Every image with its mask path, sorted by key; DataError when there are no images or no masks match."""
+        if not self.images:
+            raise DataError(f"images folder {self.images_dir} contains no images ({_EXT_LIST})")
+        if not any(self.has_mask(k) for k in self.images):
+            key = next(iter(sorted(self.images)))
+            seen = ", ".join(sorted(self.mask_files)[:_MAX_LISTED]) or "nothing"
+            raise DataError(
+                f"no image in {self.images_dir} has a mask in {self.masks_dir}: image {self.images[key]} expects "
+                f"{self.mask_of(key)}, but the masks folder holds {seen}; masks are named <image stem>"
+                f"{self.mask_suffix} (set mask_suffix if yours end differently, e.g. '_mask.png')"
+            )
+        return [Pair(k, self.images[k], self.mask_of(k)) for k in sorted(self.images)]
+
+    def pairs_from_list(self, list_file: Path) -> list[Pair]:
+        """The images a split file names (one key a line; '#' comments and blank lines skipped)."""
+        if not list_file.is_file():
+            raise DataError(f"split file {list_file} does not exist: check the loading stage's 'split_files'")
+        try:
+            lines = list_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read split file {list_file}: {exc}") from exc
+        pairs = []
+        for number, line in enumerate(lines, start=1):
+            key = line.split("#", 1)[0].strip()
+            if not key:
+                continue
+            if key not in self.images and Path(key).suffix.lower() in IMAGE_EXTENSIONS:
+                key = Path(key).with_suffix("").as_posix()  # the line gave the file name
+            pairs.append(Pair(key, self.images.get(key), self.mask_of(key), f"{list_file}:{number}"))
+        if not pairs:
+            raise DataError(f"split file {list_file} names no images (one image name without suffix a line)")
+        return pairs
+
+
+# ----------------------------------------------------------------------------
+# Source and loader
+# ----------------------------------------------------------------------------
+
+
+class MaskFolderSource(SampleSource):
+    """Image/mask pairs; both are decoded when indexed."""
+
+    def __init__(self, pairs: list[Pair], reader: MaskReader, class_names: Sequence[str]) -> None:
+        self.pairs = pairs
+        self.reader = reader
+        self.class_names = list(class_names)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        """``image`` (H, W, 3) uint8 RGB, ``mask`` (H, W) int64 (255 = ignore), ``id`` (the image path)."""
+        pair = self.pairs[index]
+        if pair.image is None:
+            raise DataError(
+                f"{pair.origin}: names {pair.key!r}, but there is no image {pair.key}.<{_EXT_LIST}> in the "
+                "images folder: add the image or remove the line"
+            )
+        if not pair.mask.is_file():
+            raise DataError(
+                f"image {pair.image} has no mask: expected {pair.mask}; add the mask, remove the image, "
+                "or set data.on_bad_sample: skip to leave such images out"
+            )
+        return {"image": read_image(pair.image), "mask": self.reader.read(pair.mask), "id": str(pair.image)}
+
+    def fingerprint(self) -> str:
+        params = {
+            "stage": "mask_folder",
+            "classes": self.class_names,
+            "ignore_value": self.reader.ignore_value,
+            "colors": None if self.reader.colors is None else self.reader.colors.tolist(),
+            "color_ids": None if self.reader.color_ids is None else self.reader.color_ids.tolist(),
+        }
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+        for pair in self.pairs:
+            digest.update(f"\n{pair.key}\t{_stat(pair.image)}\t{_stat(pair.mask)}".encode())
+        return digest.hexdigest()
+
+
+def _stat(path: Path | None) -> str:
+    """``size:mtime_ns`` of a file, ``-`` when it is missing (the pre-flight check reports it)."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        st = None
+    return f"{st.st_size}:{st.st_mtime_ns}" if st else "-"
+
+
+@dataclass(frozen=True)
+class MaskFolderConfig:
+    """The validated parameters of :func:`mask_folder` (see there)."""
+
+    images: Path
+    masks: Path
+    classes: Path | tuple[str, ...] | None
+    num_classes: int | None
+    ignore_value: int
+    mask_suffix: str
+    split_files: dict[str, Path] | None
+    rgb_masks: bool
+    ignore_color: RGB | None
+
+
+class MaskFolder(Loader):
+    """The loader :func:`mask_folder` returns."""
+
+    tasks = ("segmentation",)
+
+    def __init__(self, cfg: MaskFolderConfig) -> None:
+        self.cfg = cfg
+
+    def _indexes(self) -> dict[str, FolderIndex]:
+        """One folder index per split folder (``train``, ...), or ``{"all": ...}``."""
+        cfg = self.cfg
+        if cfg.split_files is None and (cfg.images / "train").is_dir():
+            _require_dir(cfg.masks, "masks")
+            others = sorted(p.name for p in cfg.images.iterdir() if p.name not in SPLITS and not p.name.startswith("."))
+            if others:
+                raise DataError(
+                    f"images folder {cfg.images} has split folders (train/) and other entries "
+                    f"({', '.join(others[:_MAX_LISTED])}): move those into train/, val/ or test/"
+                )
+            indexes = {}
+            for split in SPLITS:
+                if (cfg.images / split).is_dir():
+                    if not (cfg.masks / split).is_dir():
+                        raise DataError(
+                            f"images folder {cfg.images / split} has no masks folder {cfg.masks / split}: "
+                            "the masks folder needs the same split folders as the images folder"
+                        )
+                    indexes[split] = FolderIndex.scan(cfg.images / split, cfg.masks / split, cfg.mask_suffix)
+            return indexes
+        return {"all": FolderIndex.scan(cfg.images, cfg.masks, cfg.mask_suffix)}
+
+    def _pairs(self, indexes: dict[str, FolderIndex]) -> dict[str, list[Pair]]:
+        if self.cfg.split_files is None:
+            return {split: index.pairs() for split, index in indexes.items()}
+        index = indexes["all"]
+        index.pairs()  # the whole-folder checks: there are images, and masks match them
+        pairs = {s: index.pairs_from_list(f) for s, f in self.cfg.split_files.items()}
+        seen: dict[str, str] = {}
+        for split, items in pairs.items():
+            for pair in items:
+                if pair.key in seen and seen[pair.key] != split:
+                    raise DataError(
+                        f"{pair.origin}: {pair.key!r} is in split '{split}' and also in split '{seen[pair.key]}' "
+                        f"({self.cfg.split_files[seen[pair.key]]}): an image belongs to one split only"
+                    )
+                seen[pair.key] = split
+        return pairs
+
+    def _classes(self, palette: list[RGB] | None, first_mask: Path | None) -> tuple[list[str], list[RGB]]:
+        """Class names and a colour per class: given colours, else the palette's, else VOC's colour map."""
+        cfg = self.cfg
+        if isinstance(cfg.classes, Path):
+            spec = read_classes_file(cfg.classes)
+        elif cfg.classes is not None:
+            spec = parse_classes(list(cfg.classes), "'classes'")
+        elif cfg.num_classes is not None:
+            spec = ClassSpec([f"class_{i}" for i in range(cfg.num_classes)], [None] * cfg.num_classes)
+        elif palette is not None and len(palette) <= cfg.ignore_value:
+            spec = ClassSpec([f"class_{i}" for i in range(len(palette))], [None] * len(palette))
+        else:
+            why = (
+                f"its palette has {len(palette)} colours, more than the classes before ignore_value {cfg.ignore_value}"
+                if palette is not None
+                else "it holds class ids, not names"
+            )
+            raise DataError(
+                f"the classes are unknown: set 'classes' (a list of names, or a YAML/JSON file) or 'num_classes' "
+                f"(e.g. 21 for Pascal VOC); they cannot be read from the masks ({first_mask}: {why})"
+            )
+        n = len(spec.names)
+        if cfg.num_classes is not None and cfg.num_classes != n:
+            raise DataError(f"num_classes is {cfg.num_classes} but 'classes' gives {n}: {spec.names}")
+        if cfg.ignore_value < n:
+            raise DataError(
+                f"ignore_value {cfg.ignore_value} is the id of class {spec.names[cfg.ignore_value]!r}: "
+                f"choose an ignore_value ≥ {n} (the number of classes)"
+            )
+        fallback = default_colors(n)
+        colors = [
+            given or (palette[i] if palette is not None and i < len(palette) else fallback[i])
+            for i, given in enumerate(spec.colors)
+        ]
+        if cfg.rgb_masks and any(c is None for c in spec.colors):
+            missing = [name for name, c in zip(spec.names, spec.colors) if c is None]
+            raise DataError(
+                f"rgb_masks needs a colour for every class, but 'classes' gives none for {missing}: use a classes "
+                "file with entries like {0: {name: background, color: [0, 0, 0]}}"
+            )
+        return spec.names, colors
+
+    def _reader(self, colors: list[RGB]) -> MaskReader:
+        cfg = self.cfg
+        if not cfg.rgb_masks:
+            return MaskReader(cfg.ignore_value)
+        table = {c: i for i, c in enumerate(colors)}
+        if len(table) < len(colors):
+            raise DataError(f"rgb_masks needs a different colour for every class; the colours are {colors}")
+        if cfg.ignore_color is not None:
+            if cfg.ignore_color in table:
+                raise DataError(f"ignore_color {cfg.ignore_color} is also the colour of class {table[cfg.ignore_color]}")
+            table[cfg.ignore_color] = cfg.ignore_value
+        codes = _color_codes(np.array(list(table), np.uint8).reshape(-1, 3))
+        order = np.argsort(codes)
+        return MaskReader(cfg.ignore_value, codes[order], np.array(list(table.values()), np.int64)[order])
+
+    def load(self, task: str) -> LoadedData:
+        if task not in self.tasks:
+            raise StageError(f"loading 'mask_folder': unknown task {task!r}; it serves {', '.join(self.tasks)}")
+        pairs = self._pairs(self._indexes())
+        first_mask = next((p.mask for items in pairs.values() for p in items if p.mask.is_file()), None)
+        palette = palette_colors(first_mask) if first_mask is not None else None
+        names, colors = self._classes(palette, first_mask)
+        reader = self._reader(colors)
+        splits: dict[str, SampleSource] = {s: MaskFolderSource(items, reader, names) for s, items in pairs.items()}
+        return LoadedData(class_names=names, splits=splits, class_colors=colors)
+
+
+def _classes_param(classes: Path | list[str] | None) -> Path | tuple[str, ...] | None:
+    if isinstance(classes, (str, Path)):
+        return Path(classes).expanduser()
+    return tuple(classes) if classes is not None else None
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise StageError(f"loading 'mask_folder': {message}")
+
+
+@stage("loading", "mask_folder")
+def mask_folder(
+    images: Path,
+    masks: Path,
+    classes: Path | list[str] | None = None,
+    num_classes: int | None = None,
+    ignore_value: int = 255,
+    mask_suffix: str = ".png",
+    split_files: dict[str, Path] | None = None,
+    rgb_masks: bool = False,
+    ignore_color: list[int] | None = None,
+) -> Loader:
+    """Images and per-pixel class masks in two folders, for segmentation.
+
+    - ``images``: the images folder (.jpg, .jpeg, .png, .bmp, any case; searched
+      recursively); with ``train/`` (and optionally ``val/``, ``test/``) sub-folders,
+      those are the splits and ``masks`` must have the same sub-folders.
+    - ``masks``: the masks folder; the mask of ``images/<path>/x.<ext>`` is
+      ``masks/<path>/x<mask_suffix>``. It may be the images folder itself when
+      ``mask_suffix`` is more than an extension (e.g. ``_mask.png``).
+    - ``classes``: the class names by id: a list, or a YAML/JSON file holding a list
+      or a mapping ``id: name`` / ``id: {name: ..., color: [r, g, b]}`` (ids 0..n-1).
+      When omitted: ``num_classes`` names them ``class_<i>``; else palette masks with
+      fewer palette colours than ``ignore_value`` give one class per colour; else it is
+      an error asking for ``classes``.
+    - ``num_classes``: the number of classes (checked against ``classes`` when both are given).
+    - ``ignore_value``: mask value of unlabelled pixels (not a class id); it becomes 255,
+      the pipeline's ignore value. When it is not 255, a mask pixel of value 255 is an error.
+    - ``mask_suffix``: what replaces an image's suffix to name its mask.
+    - ``split_files``: ``{split: file}`` for splits ``train`` (required), ``val``, ``test``:
+      text files with one image name (path below ``images`` without suffix) a line, as
+      Pascal VOC's ``ImageSets/Segmentation/*.txt``; the pipeline carves missing splits out
+      of train (``data.split``). Without it, every image with its mask is used.
+    - ``rgb_masks``: masks are RGB pictures whose colours are the class colours (every class
+      needs a colour in ``classes``); unknown colours are errors.
+    - ``ignore_color``: with ``rgb_masks``, the [r, g, b] of unlabelled pixels.
+
+    Class colours (for drawing predictions): from ``classes``, else the palette of the
+    first palette mask, else the Pascal VOC colour map. Samples: ``image`` (H, W, 3) uint8
+    RGB, ``mask`` (H, W) int64 class ids with 255 = ignore, ``id`` (the image path).
+    """
+    _check(0 <= ignore_value <= 65535, f"ignore_value must be in [0, 65535], got {ignore_value}")
+    _check(num_classes is None or num_classes >= 1, f"num_classes must be ≥ 1, got {num_classes}")
+    _check(bool(mask_suffix.strip()), "mask_suffix must not be empty (e.g. '.png' or '_mask.png')")
+    _check(
+        Path(images).expanduser() != Path(masks).expanduser() or not mask_suffix.startswith("."),
+        f"images and masks are the same folder, so mask_suffix must name masks apart from images "
+        f"(e.g. '_mask.png'), got {mask_suffix!r}",
+    )
+    if split_files is not None:
+        unknown = sorted(set(split_files) - set(SPLITS))
+        _check(not unknown, f"split_files: unknown split(s) {unknown}; splits are {', '.join(SPLITS)}")
+        _check("train" in split_files, f"split_files must give a 'train' list, got {sorted(split_files)}")
+    if classes is not None and not isinstance(classes, (str, Path)):
+        _check(len(classes) >= 1, "classes must name at least one class")
+    _check(ignore_color is None or rgb_masks, "ignore_color applies only with rgb_masks: true")
+    _check(
+        ignore_color is None or (len(ignore_color) == 3 and all(0 <= v <= 255 for v in ignore_color)),
+        f"ignore_color must be [r, g, b] with values in 0..255, got {ignore_color}",
+    )
+    cfg = MaskFolderConfig(
+        images=Path(images).expanduser(),
+        masks=Path(masks).expanduser(),
+        classes=_classes_param(classes),
+        num_classes=num_classes,
+        ignore_value=int(ignore_value),
+        mask_suffix=mask_suffix,
+        split_files={s: Path(f).expanduser() for s, f in split_files.items()} if split_files else None,
+        rgb_masks=bool(rgb_masks),
+        ignore_color=(int(ignore_color[0]), int(ignore_color[1]), int(ignore_color[2])) if ignore_color else None,
+    )
+    return MaskFolder(cfg)
+
+
+@hookimpl
+def vision_pipe_stages() -> list[object]:
+    return [mask_folder]
