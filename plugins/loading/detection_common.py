@@ -1,0 +1,191 @@
+"""What the detection loaders (``coco``, ``voc``, ``yolo``) share: the sample source and the box checks.
+
+A loader indexes its annotation files into a :class:`DetectionSource`: one
+image path per sample and a subclass method that parses that image's objects.
+Reading sample ``i`` decodes the image, asks for its objects (in xyxy pixel
+edges, as the annotation gives them: nothing is clipped or dropped), checks
+every box and raises one :class:`~vision_pipe.DataError` listing every bad
+annotation of the image — by its file, its annotation id / object / line —
+and how to fix it. The pipeline's pre-flight pass reads every sample, so these
+errors stop the run before training (or, with ``on_bad_sample: skip``, leave
+the image out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vision_pipe import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    Sample,
+    SampleSource,
+    StageError,
+    read_image,
+)
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+TASKS: tuple[str, ...] = ("detection",)
+EXT_LIST = "jpg, jpeg, png, bmp"
+#: Pixels a box may reach past the image border — the pre-flight check's tolerance
+#: (annotation tools often round a box touching the border one pixel past it).
+BORDER_TOLERANCE = 1.0
+
+
+@dataclass(frozen=True)
+class Object:
+    """One annotated object: ``box`` (x1, y1, x2, y2) pixel edges, class index, VOC's flag, and
+    ``where`` — how a message names its annotation (``"annotation id 12"``, ``"line 3"``)."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    difficult: bool
+    where: str
+
+
+#: What :meth:`DetectionSource.parse` returns for one image, in annotation-file order: an
+#: :class:`Object`, or a ``str`` — why an annotation cannot be used (it names the annotation).
+Parsed = list[Object | str]
+
+
+def check_task(stage_name: str, task: str) -> None:
+    """StageError unless ``task`` is detection."""
+    if task not in TASKS:
+        raise StageError(f"loading '{stage_name}': unknown task {task!r}; it serves {', '.join(TASKS)}")
+
+
+def fmt(values: Sequence[float]) -> str:
+    """``[10, 20.5, 15, 26]``: numbers without trailing zeros."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
+    """Why the xyxy pixel box cannot be used in a ``width`` × ``height`` image, or ``None`` if it can.
+
+    The rules are those of the pre-flight check (:class:`vision_pipe.SampleSource`):
+    finite, x1 < x2, y1 < y2, inside [0, width] × [0, height] give or take
+    :data:`BORDER_TOLERANCE` pixels.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return "has a NaN or infinite coordinate"
+    if x2 <= x1:
+        return f"has x2 {x2:g} ≤ x1 {x1:g} (no width)"
+    if y2 <= y1:
+        return f"has y2 {y2:g} ≤ y1 {y1:g} (no height)"
+    tol = BORDER_TOLERANCE
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        return f"lies outside the {width}×{height} image (it must lie within x ∈ [0, {width}], y ∈ [0, {height}])"
+    return None
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursively; hidden files and folders skipped), sorted."""
+    found = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder).parts
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in rel) and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+def file_stamp(path: Path) -> str:
+    """``"size mtime_ns"`` of a file, or ``"missing"`` (a fingerprint must not fail on a sample the
+    pre-flight pass may skip)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def require_dir(path: Path, what: str, fix: str) -> None:
+    """DataError naming ``path`` unless it is an existing folder."""
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist: {fix}")
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a folder: {fix}")
+
+
+def require_file(path: Path, what: str, fix: str) -> None:
+    """DataError naming ``path`` unless it is an existing file."""
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist: {fix}")
+    if not path.is_file():
+        raise DataError(f"{what} {path} is not a file: {fix}")
+
+
+def _box_message(obj: Object, width: int, height: int) -> str | None:
+    problem = box_problem(obj.box, width, height)
+    return f"{obj.where}: box (x1, y1, x2, y2) = {fmt(obj.box)} {problem}" if problem else None
+
+
+class DetectionSource(SampleSource, ABC):
+    """Images with box annotations; an image is decoded and its annotations parsed when indexed.
+
+    Subclasses set :attr:`images` and implement :meth:`parse` (and may refine
+    :meth:`describe`, :meth:`missing_image_fix` and :attr:`fix`). Samples:
+    ``image`` (H, W, 3) uint8 RGB, ``id`` (the image path), ``boxes`` (N, 4)
+    float32 xyxy pixel edges, ``labels`` (N,) int64, ``difficult`` (N,) bool.
+    """
+
+    #: What to do about bad annotations, appended to the message.
+    fix: str = "correct or remove the annotations named"
+
+    def __init__(self, images: list[Path], key: dict[str, Any], annotation_files: Sequence[Path]) -> None:
+        self.images = images  #: image path of each sample
+        self.key = key  #: the stage name and parameters that shape the samples
+        self.annotation_files = list(annotation_files)  #: files whose change changes the samples
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @abstractmethod
+    def parse(self, index: int, width: int, height: int) -> Parsed:
+        """The objects of sample ``index`` (its image is ``width`` × ``height`` pixels) and the problems of
+        the annotations that cannot be used, in file order."""
+
+    def describe(self, index: int) -> str:
+        """How messages name sample ``index`` (by default its image path)."""
+        return str(self.images[index])
+
+    def missing_image_fix(self, index: int) -> str:
+        """What to do when the image of sample ``index`` cannot be read."""
+        return "put the image there or correct its path"
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.images[index]
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            raise DataError(f"{exc} ({self.describe(index)}): {self.missing_image_fix(index)}") from exc
+        height, width = image.shape[:2]
+        parsed = self.parse(index, width, height)
+        objects = [entry for entry in parsed if isinstance(entry, Object)]
+        problems = [entry if isinstance(entry, str) else _box_message(entry, width, height) for entry in parsed]
+        if any(problems):
+            listed = "; ".join(p for p in problems if p)
+            raise DataError(f"{self.describe(index)}: {listed}. {self.fix}")
+        return {
+            "image": image,
+            "id": str(path),
+            "boxes": np.array([o.box for o in objects], np.float32).reshape(-1, 4),
+            "labels": np.array([o.label for o in objects], np.int64),
+            "difficult": np.array([o.difficult for o in objects], bool),
+        }
+
+    def fingerprint(self) -> str:
+        head = {**self.key, "annotations": {str(p): file_stamp(p) for p in self.annotation_files}}
+        digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+        for path in self.images:
+            digest.update(f"\n{path}\t{file_stamp(path)}".encode())
+        return digest.hexdigest()
