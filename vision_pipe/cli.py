@@ -4,7 +4,7 @@
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR]
     vision-pipe check PIPELINE.yaml [key=value ...]
-    vision-pipe stages [--kind KIND] [--all]
+    vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
 
 Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stages", help="list every registered stage", description="List every registered stage: kind, name, parameters (types, defaults) and plugin.")
     p.add_argument("--kind", choices=["loading", "normalization", "augmentation", "backbone", "head"], help="only this kind")
     p.add_argument("--all", action="store_true", help="show all parameters of every augmentation (long)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown reference (parameter tables and docstrings)")
     _add_common(p, overrides=False)
 
     p = sub.add_parser("plugins", help="list loaded plugins and their stages", description="List loaded plugins with package, version and the stages each provides.")
@@ -112,7 +113,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def _run(args: argparse.Namespace) -> int:
     command = args.command
     if command == "stages":
-        return _stages(_manager(args), args.kind, args.all)
+        return _stages(_manager(args), args.kind, args.all, args.markdown)
     if command == "plugins":
         return _plugins(_manager(args))
 
@@ -220,7 +221,13 @@ def _describe(pred: Any) -> str:
     return f"{d['id']}: {d.get('pixels_per_class', {})}"
 
 
-def _stages(manager: Any, kind: str | None, show_all: bool) -> int:
+def _stages(manager: Any, kind: str | None, show_all: bool, markdown: bool = False) -> int:
+    if markdown:
+        from vision_pipe.stage_docs import render_markdown
+
+        command = "vision-pipe stages --markdown" + (f" --kind {kind}" if kind else "")
+        sys.stdout.write(render_markdown(manager.registry.entries(kind), command=command))
+        return 0
     current = None
     for entry in manager.registry.entries(kind):
         if entry.kind != current:

@@ -181,7 +181,7 @@ def transform_sample(
     image = check_image(sample.get("image"), sample_id)
     inputs: dict[str, Any] = {"image": image}
     if task == "segmentation":
-        inputs["mask"] = sample["mask"]
+        inputs["mask"] = _compact_mask(sample["mask"])
     elif task == "detection":
         inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
         inputs["labels"] = np.asarray(sample["labels"], dtype=np.int64).reshape(-1)
@@ -212,6 +212,20 @@ def transform_sample(
         item["labels"] = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
         item["difficult"] = torch.as_tensor(np.asarray(out["difficult"], dtype=bool).reshape(-1))
     return item
+
+
+def _compact_mask(mask: np.ndarray) -> np.ndarray:
+    """Class ids as uint8 when they fit (they do with <= 255 classes: 255 is ignore), else int32.
+
+    OpenCV, which albumentations calls, has no kernels for int64 in several
+    operations (e.g. morphology); and smaller masks are faster to warp.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:
+        return mask
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        return mask.astype(np.int32)
+    return mask.astype(np.uint8)
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:

@@ -572,7 +572,8 @@ class Pipeline:
     def _predict(self, items: list[Any], batch_size: int) -> list[Prediction]:
         from vision_pipe.data import build_transform
 
-        transform = build_transform(self.config.task, self.config.data.input_size, [])
+        # no targets at prediction: a detection Compose would demand bboxes and labels
+        transform = build_transform("prediction", self.config.data.input_size, [])
         module = self.module
         device = next(module.parameters()).device
         was_training = module.training

@@ -186,15 +186,21 @@ class StageRegistry:
         key = (info.kind, info.name)
         previous = self._entries.get(key)
         if previous is not None:
-            if not info.override:
+            # Whichever of the two says override=True wins, in any loading order.
+            previous_overrides = previous.factory.__vision_pipe_stage__.override
+            if info.override == previous_overrides:
                 prev_where = f"plugin '{previous.plugin}'" + (
                     f" (package {previous.distribution})" if previous.distribution else ""
                 )
+                both = " Both say override=True: disable one of the plugins." if info.override else ""
                 raise PluginError(
-                    f"{info.kind} stage '{info.name}' is registered twice: by {prev_where} and by {where}. "
+                    f"{info.kind} stage '{info.name}' is registered twice: by {prev_where} and by {where}.{both} "
                     "Disable one of the plugins, or mark the intended one with "
                     "@stage(..., override=True)"
                 )
+            if previous_overrides:
+                previous.overrides = plugin
+                return previous
             entry.overrides = previous.plugin
         self._entries[key] = entry
         return entry
