@@ -689,6 +689,42 @@ def _apply_weights_and_freeze(backbone: nn.Module, spec: dict[str, Any], where: 
         for n, p in backbone.named_parameters():
             if n in matched:
                 p.requires_grad_(False)
+    _freeze_batch_norm_statistics(backbone)
+
+
+class _FrozenStatistics:
+    """Mixin for a batch-norm layer whose parameters are frozen: it stays in eval mode, so it
+    normalizes with (and keeps) its running statistics instead of updating them from batches."""
+
+    def train(self, mode: bool = True) -> nn.Module:
+        return super().train(False)  # type: ignore[misc]
+
+
+class FrozenBatchNorm1d(_FrozenStatistics, nn.BatchNorm1d):
+    """A frozen :class:`torch.nn.BatchNorm1d` (see :func:`_freeze_batch_norm_statistics`)."""
+
+
+class FrozenBatchNorm2d(_FrozenStatistics, nn.BatchNorm2d):
+    """A frozen :class:`torch.nn.BatchNorm2d` (see :func:`_freeze_batch_norm_statistics`)."""
+
+
+_FROZEN_BN = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
+
+
+def _freeze_batch_norm_statistics(backbone: nn.Module) -> None:
+    """Batch-norm layers whose parameters are all frozen stop updating their running statistics.
+
+    Fine-tuning with frozen layers means the layers do not change; a batch-norm
+    layer in train mode would still move its running mean/var to the new data
+    (and normalize with batch statistics). Its class is switched to a subclass
+    that stays in eval mode; its state_dict is unchanged.
+    """
+    for module in backbone.modules():
+        frozen_class = _FROZEN_BN.get(type(module))
+        params = list(module.parameters(recurse=False))
+        if frozen_class is not None and params and not any(p.requires_grad for p in params):
+            module.__class__ = frozen_class
+            module.eval()
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

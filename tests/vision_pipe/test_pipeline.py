@@ -137,6 +137,24 @@ def test_backbone_weights_and_freezing(tiny_config, tmp_path):
         Pipeline.from_dict(tiny_config)
 
 
+def test_frozen_batch_norm_keeps_its_running_statistics_in_training(tiny_config):
+    tiny_config["model"]["backbone"]["freeze"] = ["stage1"]
+    tiny_config["trainer"]["max_epochs"] = 1
+    pipe = Pipeline.from_dict(tiny_config)
+    backbone = pipe.stages["backbone"]
+    bns = {n: m for n, m in backbone.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert any(n.startswith("stage1.") for n in bns) and any(n.startswith("stage2.") for n in bns)
+    before = {n: m.running_mean.clone() for n, m in bns.items()}
+    pipe.fit()
+    for name, bn in bns.items():
+        unchanged = torch.equal(bn.running_mean, before[name])
+        assert unchanged == name.startswith("stage1."), name  # frozen: kept; trained: updated
+    pipe.module.train()
+    assert all(bn.training != n.startswith("stage1.") for n, bn in bns.items())
+    reloaded = Pipeline.from_dict(tiny_config)
+    reloaded.load_checkpoint(pipe.best_checkpoint)  # the state dict is that of a plain BatchNorm2d
+
+
 def test_lifecycle_hooks_are_called_in_order(tiny_config):
     calls = []
     recorder = types.SimpleNamespace()
