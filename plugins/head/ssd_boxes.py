@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
 
 #: :func:`match`'s index for a default box matched to no ground truth.
@@ -196,18 +197,39 @@ def match(gt_boxes: Tensor, defaults: Tensor, iou_threshold: float = 0.5) -> Ten
     Returns:
         ``Tensor[D]`` int64: the index into ``gt_boxes``, or :data:`BACKGROUND`.
     """
+    valid = torch.ones(1, gt_boxes.shape[0], dtype=torch.bool, device=defaults.device)
+    return match_batch(gt_boxes.unsqueeze(0).to(defaults), valid, defaults, iou_threshold)[0]
+
+
+def match_batch(gt_boxes: Tensor, valid: Tensor, defaults: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """:func:`match` for a batch of images at once, their ground truths padded to the same count.
+
+    Args:
+        gt_boxes: ``Tensor[B, G, 4]`` xyxy; rows where ``valid`` is False are padding (any values).
+        valid: ``Tensor[B, G]`` bool.
+        defaults: ``Tensor[D, 4]`` xyxy, same units.
+
+    Returns:
+        ``Tensor[B, D]`` int64: per image, the index into its ``G`` ground truths, or :data:`BACKGROUND`.
+    """
+    batch, num_gt = valid.shape
     num_defaults = defaults.shape[0]
-    matched = torch.full((num_defaults,), BACKGROUND, dtype=torch.long, device=defaults.device)  # [D]
-    if gt_boxes.shape[0] == 0 or num_defaults == 0:
+    matched = torch.full((batch, num_defaults), BACKGROUND, dtype=torch.long, device=defaults.device)  # [B,D]
+    if num_gt == 0 or num_defaults == 0:
         return matched
-    iou = box_iou(gt_boxes, defaults)  # [G,D]
-    best_iou, best_gt = iou.max(dim=0)  # [D], [D]
-    matched = torch.where(best_iou >= iou_threshold, best_gt, matched)  # [D]
-    forced_iou, forced_default = iou.max(dim=1)  # [G], [G]
-    # weakest claim first, so that the strongest claim on a shared default box is written last
-    for g in torch.argsort(forced_iou, stable=True).tolist():
-        matched[forced_default[g]] = g
-    return matched
+    iou = box_iou(gt_boxes.reshape(-1, 4), defaults).view(batch, num_gt, num_defaults)  # [B,G,D]
+    iou = iou.masked_fill(~valid.unsqueeze(2), -1.0)  # padding never wins
+    best_iou, best_gt = iou.max(dim=1)  # [B,D], [B,D]
+    matched = torch.where(best_iou >= iou_threshold, best_gt, matched)  # [B,D]
+    # every valid ground truth claims its best default box; on a shared box the higher IoU wins,
+    # ties go to the later ground truth
+    forced_iou, forced_default = iou.max(dim=2)  # [B,G], [B,G]
+    claims = F.one_hot(forced_default, num_defaults).bool() & valid.unsqueeze(2)  # [B,G,D]
+    claim_iou = torch.where(claims, forced_iou.unsqueeze(2), float("-inf"))  # [B,G,D]
+    strongest = claims & (claim_iou == claim_iou.max(dim=1, keepdim=True).values)  # [B,G,D]
+    gt_index = torch.arange(num_gt, device=defaults.device).view(1, -1, 1)  # [1,G,1]
+    winner = torch.where(strongest, gt_index, -1).max(dim=1).values  # [B,D], -1 where unclaimed
+    return torch.where(winner >= 0, winner, matched)  # [B,D]
 
 
 def hard_negative_mining(
@@ -236,6 +258,19 @@ def hard_negative_mining(
     num_neg = num_neg.clamp(min=min_negatives)
     num_neg = torch.minimum(num_neg, positive.shape[1] - num_pos)  # [B]
     return rank < num_neg.unsqueeze(1)  # [B,D]
+
+
+def _pad_targets(targets: Sequence[tuple[Tensor, Tensor]], defaults: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image ``(boxes [G_i, 4], labels [G_i])`` → padded ``boxes [B, G, 4]`` (padding: the unit box,
+    so that encoding it stays finite), ``labels [B, G]`` int64 and ``valid [B, G]`` bool, ``G = max G_i``."""
+    device = defaults.device
+    boxes = pad_sequence([b.to(defaults).reshape(-1, 4) for b, _ in targets], batch_first=True)  # [B,G,4]
+    labels = pad_sequence([lab.to(device=device, dtype=torch.long).reshape(-1) for _, lab in targets], batch_first=True)
+    counts = torch.tensor([int(b.shape[0]) for b, _ in targets], device=device)  # [B]
+    valid = torch.arange(boxes.shape[1], device=device).unsqueeze(0) < counts.unsqueeze(1)  # [B,G]
+    unit = defaults.new_tensor([0.0, 0.0, 1.0, 1.0])
+    boxes = torch.where(valid.unsqueeze(2), boxes, unit)  # [B,G,4]
+    return boxes, labels, valid
 
 
 def ssd_loss(
@@ -273,22 +308,17 @@ def ssd_loss(
     batch, num_defaults, num_outputs = cls_logits.shape
     if len(targets) != batch:
         raise ValueError(f"{batch} images of logits but {len(targets)} targets")
-    cls_targets, box_targets = [], []
-    for boxes, labels in targets:
-        boxes = boxes.to(defaults)  # [G,4]
-        matched = match(boxes, defaults, iou_threshold)  # [D]
-        if boxes.shape[0] == 0:
-            cls_targets.append(torch.full_like(matched, BACKGROUND_CLASS))
-            box_targets.append(torch.zeros_like(defaults))
-            continue
-        pos = matched != BACKGROUND  # [D]
-        safe = matched.clamp(min=0)  # [D] background → gt 0, masked out below
-        labels = labels.to(device=defaults.device, dtype=torch.long)
-        cls_targets.append(torch.where(pos, labels[safe], BACKGROUND_CLASS))  # [D]
-        box_targets.append(encode(boxes[safe], defaults, variances))  # [D,4]
-    cls_target = torch.stack(cls_targets)  # [B,D]
-    box_target = torch.stack(box_targets)  # [B,D,4]
-    positive = cls_target != BACKGROUND_CLASS  # [B,D]
+    gt_boxes, gt_labels, valid = _pad_targets(targets, defaults)  # [B,G,4], [B,G], [B,G]
+    matched = match_batch(gt_boxes, valid, defaults, iou_threshold)  # [B,D]
+    safe = matched.clamp(min=0)  # [B,D] background → gt 0, masked out below
+    assigned_labels = gt_labels.gather(1, safe) if gt_labels.shape[1] else torch.zeros_like(safe)  # [B,D]
+    cls_target = torch.where(matched != BACKGROUND, assigned_labels, BACKGROUND_CLASS)  # [B,D]
+    if gt_boxes.shape[1]:
+        assigned = gt_boxes.gather(1, safe.unsqueeze(2).expand(-1, -1, 4))  # [B,D,4]
+        box_target = encode(assigned, defaults, variances)  # [B,D,4] (finite: padding is a unit box)
+    else:
+        box_target = torch.zeros_like(box_offsets)
+    positive = matched != BACKGROUND  # [B,D]
 
     ce = F.cross_entropy(
         cls_logits.reshape(-1, num_outputs), cls_target.reshape(-1), reduction="none"
@@ -335,27 +365,28 @@ def postprocess(
     probs = F.softmax(cls_logits, dim=-1)  # [B,D,C+1]
     boxes_all = decode(box_offsets, defaults, variances) * scale  # [B,D,4] pixels
     boxes_all = clip_boxes_to_image(boxes_all, (img_h, img_w))  # [B,D,4]
-    num_classes = cls_logits.shape[-1] - 1
+    batch, num_defaults, _ = probs.shape
+
+    # candidates of all images and classes at once: per (image, class) the best boxes, equal
+    # scores by default-box index (stable sort), cut to topk_candidates and the threshold
+    scores = probs[..., 1:].transpose(1, 2)  # [B,C,D]
+    top_scores, top_index = torch.sort(scores, dim=2, descending=True, stable=True)  # [B,C,D]
+    k = min(topk_candidates, num_defaults)
+    top_scores, top_index = top_scores[..., :k], top_index[..., :k]  # [B,C,k]
+    image, cls, rank = torch.nonzero(top_scores > score_thresh, as_tuple=True)  # [M] each, row-major
+    c_scores = top_scores[image, cls, rank]  # [M]
+    c_boxes = boxes_all[image, top_index[image, cls, rank]]  # [M,4]
+    # one total order per image: score, then class, then default index — row-major order
+    # already sorts equal scores by class then index, and both sorts below are stable
+    order = torch.sort(c_scores, descending=True, stable=True).indices  # [M]
+    order = order[torch.sort(image[order], stable=True).indices]  # [M] grouped by image
+    image, c_scores, c_boxes, c_labels = image[order], c_scores[order], c_boxes[order], cls[order] + 1
 
     results = []
-    for boxes, scores in zip(boxes_all, probs, strict=True):  # [D,4], [D,C+1]
-        cand_boxes, cand_scores, cand_labels = [], [], []
-        for label in range(1, num_classes + 1):
-            score = scores[:, label]  # [D]
-            idx = torch.nonzero(score > score_thresh).squeeze(1)  # [n] ascending
-            order = torch.sort(score[idx], descending=True, stable=True).indices[:topk_candidates]  # [k]
-            idx = idx[order]
-            cand_boxes.append(boxes[idx])
-            cand_scores.append(score[idx])
-            cand_labels.append(torch.full_like(idx, label))
-        c_boxes = torch.cat(cand_boxes)  # [M,4]
-        c_scores = torch.cat(cand_scores)  # [M]
-        c_labels = torch.cat(cand_labels)  # [M]
-        # one total order (score, then class, then default index) handed to NMS as strictly
-        # decreasing ranks, so NMS's own (unstable) sort cannot reorder ties
-        order = torch.sort(c_scores, descending=True, stable=True).indices  # [M]
-        c_boxes, c_scores, c_labels = c_boxes[order], c_scores[order], c_labels[order]
-        ranks = torch.arange(c_scores.numel(), 0, -1, dtype=torch.float32, device=c_scores.device)  # [M]
-        keep = batched_nms(c_boxes, ranks, c_labels, nms_thresh)[:detections_per_img]  # [K]
-        results.append({"boxes": c_boxes[keep], "scores": c_scores[keep], "labels": c_labels[keep]})
+    counts = torch.bincount(image, minlength=batch).tolist()  # candidates per image
+    for boxes, scores_i, labels in zip(c_boxes.split(counts), c_scores.split(counts), c_labels.split(counts)):
+        # strictly decreasing ranks, so NMS's own (unstable) sort cannot reorder ties
+        ranks = torch.arange(scores_i.numel(), 0, -1, dtype=torch.float32, device=scores_i.device)  # [M_i]
+        keep = batched_nms(boxes, ranks, labels, nms_thresh)[:detections_per_img]  # [K]
+        results.append({"boxes": boxes[keep], "scores": scores_i[keep], "labels": labels[keep]})
     return results

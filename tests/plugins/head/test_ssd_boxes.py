@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import clip_boxes_to_image
-
+from torchvision.ops import box_iou, clip_boxes_to_image
 from vision_pipe_plugins.head.ssd_boxes import (
     BACKGROUND,
     BBOX_XFORM_CLIP,
@@ -19,6 +18,7 @@ from vision_pipe_plugins.head.ssd_boxes import (
     feature_scales,
     hard_negative_mining,
     match,
+    match_batch,
     postprocess,
     ssd_loss,
 )
@@ -332,3 +332,25 @@ def test_postprocess_with_nothing_above_threshold() -> None:
     out = postprocess(logits, torch.zeros(1, defaults.shape[0], 4), defaults, 32)
     assert out[0]["boxes"].shape == (0, 4)
     assert out[0]["scores"].shape == (0,) and out[0]["labels"].shape == (0,)
+
+
+def test_match_batch_equals_match_per_image_with_padding() -> None:
+    g = torch.Generator().manual_seed(3)
+    defaults = _small_defaults()  # 80 boxes
+    counts = [3, 0, 1, 5]
+    images = [_random_boxes(n, g, 0.1, 0.6) for n in counts]
+    images[0] = torch.cat((images[0], images[0][:1]))  # a duplicate ground truth: a tie on its best box
+    gt = torch.zeros(4, 5, 4)
+    valid = torch.zeros(4, 5, dtype=torch.bool)
+    for i, boxes in enumerate(images):
+        gt[i, : len(boxes)] = boxes
+        valid[i, : len(boxes)] = True
+    gt[~valid] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # padding that would match well if it counted
+    batched = match_batch(gt, valid, defaults, 0.5)
+    assert batched.shape == (4, 80)
+    for i, boxes in enumerate(images):
+        assert batched[i].tolist() == match(boxes, defaults, 0.5).tolist()
+    assert batched[1].tolist() == [BACKGROUND] * 80
+    # gt 3 duplicates gt 0: the later one wins gt 0's best default box (equal claims), so that box is 3
+    best = int(torch.argmax(box_iou(images[0][:1], defaults)))
+    assert batched[0, best].item() == 3

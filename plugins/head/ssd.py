@@ -1,0 +1,646 @@
+"""The built-in detection head: SSD (Liu et al., "SSD: Single Shot MultiBox Detector", ECCV 2016).
+
+A 3×3 convolutional predictor on each of several feature maps gives, for every
+default box, ``C + 1`` class scores (class 0 is background, internal to the
+head) and 4 box offsets. The maps are backbone maps (``feature_maps``, finest
+first) followed by extra down-sampling layers (1×1 conv + 3×3 stride-2 conv,
+as the paper's conv8..conv11, page 4 Fig. 2) when the backbone has fewer scales
+than the head predicts on.
+
+The box arithmetic — default boxes, box coding, matching, hard negative mining,
+the loss and post-processing — lives in :mod:`vision_pipe_plugins.head.ssd_boxes`.
+Every box the head works with internally is *normalized* xyxy (``[0, 1]`` of the
+image width/height), so a prediction made on the resized model input maps back to
+the original image by multiplying with the original width and height.
+
+Metrics: COCO mAP@[.5:.95] (``map``), AP at IoU 0.5 (``map_50``, Pascal VOC's
+criterion), ``map_75``, ``mar_100`` and per class ``ap/<class>`` and ``ap_50/<class>``,
+through :class:`torchmetrics.detection.MeanAveragePrecision` (pycocotools backend).
+Objects flagged ``difficult`` are passed as ``iscrowd``, so they are ignored as VOC does.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vision_pipe import (
+    Batch,
+    ChainError,
+    DetectionPrediction,
+    FeatureInfo,
+    Features,
+    Head,
+    StageContext,
+    StageError,
+    did_you_mean,
+    hookimpl,
+    stage,
+)
+
+from .ssd_boxes import boxes_per_location, default_boxes, postprocess, ssd_loss
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+#: Without ``feature_maps``, the head predicts on the backbone maps of at least this stride
+#: (SSD300's first map, conv4_3, has stride 8), or on the coarsest map if none has.
+DEFAULT_MIN_STRIDE = 8
+#: Index of IoU 0.5 in the IoU thresholds of torchmetrics' mAP (0.5, 0.55, ..., 0.95).
+_IOU_50 = 0
+#: Recall thresholds of COCO's interpolated precision (101 points, 0..1).
+_RECALLS = np.linspace(0.0, 1.0, 101)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One map the head predicts on: a backbone map, or an extra layer's output (``extra=True``).
+
+    ``size`` is (h, w) in cells for the pipeline's input size; ``channels`` its depth.
+    """
+
+    name: str
+    channels: int
+    size: tuple[int, int]
+    extra: bool = False
+
+
+@dataclass
+class SSDOutputs:
+    """What :meth:`SSDHead.forward` returns.
+
+    - ``cls_logits``: (B, D, C + 1) float, class 0 is background;
+    - ``box_offsets``: (B, D, 4) float, :func:`~vision_pipe_plugins.head.ssd_boxes.encode` offsets;
+    - ``defaults``: (D, 4) float normalized xyxy default boxes of these maps.
+    """
+
+    cls_logits: Tensor
+    box_offsets: Tensor
+    defaults: Tensor
+
+
+# ----------------------------------------------------------------------------
+# map planning (build time)
+# ----------------------------------------------------------------------------
+
+
+def extra_layer_geometry(size: int) -> tuple[int, int, int]:
+    """(kernel, stride, padding) along one axis of an extra layer's 3×3 conv for an input of ``size`` cells.
+
+    Larger than 3: stride 2, padding 1 → ``ceil(size / 2)``; 2 or 3: a valid conv of kernel
+    ``size`` → 1 (SSD300's last layer takes 3×3 to 1×1 this way); 1: a 1×1 conv → 1.
+    """
+    if size > 3:
+        return 3, 2, 1
+    return size, 1, 0
+
+
+def extra_output_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) an extra layer makes of an (h, w) map: 38 → 19 → 10 → 5 → 3 → 1."""
+    out = []
+    for s in size:
+        k, st, p = extra_layer_geometry(s)
+        out.append((s + 2 * p - k) // st + 1)
+    return out[0], out[1]
+
+
+def backbone_maps(
+    feature_info: Sequence[FeatureInfo], feature_maps: Sequence[str] | None, backbone_name: str | None
+) -> list[FeatureInfo]:
+    """The backbone maps the head predicts on, finest first: ``feature_maps``, or by default those
+    of stride >= :data:`DEFAULT_MIN_STRIDE` (the coarsest map if none is). :class:`ChainError` for
+    an unknown map or maps out of stride order."""
+    maps = {info.name: info for info in feature_info}
+    if not maps:
+        raise ChainError(f"head 'ssd': backbone '{backbone_name}' declares no feature maps")
+    if feature_maps is None:
+        return [info for info in feature_info if info.stride >= DEFAULT_MIN_STRIDE] or [feature_info[-1]]
+    if not feature_maps:
+        raise StageError("head 'ssd': feature_maps must name at least one backbone map (or be left out)")
+    for name in feature_maps:
+        if name not in maps:
+            raise ChainError(
+                f"head 'ssd': backbone '{backbone_name}' has no map {name!r} (feature_maps); its maps are "
+                f"{[f'{i.name} (stride {i.stride})' for i in feature_info]}.{did_you_mean(name, maps)}"
+            )
+    chosen = [maps[name] for name in feature_maps]
+    strides = [info.stride for info in chosen]
+    if any(a >= b for a, b in itertools.pairwise(strides)):
+        order = sorted(set(chosen), key=lambda i: i.stride)
+        raise ChainError(
+            f"head 'ssd': feature_maps must list distinct maps of backbone '{backbone_name}' finest first "
+            f"(increasing stride), got strides {strides}; e.g. {[i.name for i in order]}"
+        )
+    return chosen
+
+
+def plan_maps(
+    feature_info: Sequence[FeatureInfo],
+    input_size: tuple[int, int],
+    feature_maps: Sequence[str] | None,
+    num_maps: int | None,
+    extra_channels: int,
+    backbone_name: str | None,
+) -> list[MapSpec]:
+    """The maps the head predicts on at ``input_size`` (h, w) pixels, finest first: the
+    :func:`backbone_maps`, then extra layers up to ``num_maps`` maps (``None``: until a map is 1×1).
+
+    Raises :class:`ChainError` when the backbone cannot provide them, saying what would work.
+    """
+    chosen = backbone_maps(feature_info, feature_maps, backbone_name)
+    h, w = input_size
+    specs = [MapSpec(i.name, i.channels, (math.ceil(h / i.stride), math.ceil(w / i.stride))) for i in chosen]
+    if num_maps is not None and num_maps < len(specs):
+        raise ChainError(
+            f"head 'ssd': num_maps is {num_maps} but {len(specs)} maps of backbone '{backbone_name}' are used "
+            f"({[s.name for s in specs]}{'' if feature_maps else f', its maps of stride >= {DEFAULT_MIN_STRIDE}'}); "
+            f"set num_maps >= {len(specs)}, or list at most {num_maps} of them in feature_maps"
+        )
+    while (num_maps is None and specs[-1].size != (1, 1)) or (num_maps is not None and len(specs) < num_maps):
+        if specs[-1].size == (1, 1):
+            raise ChainError(
+                f"head 'ssd': num_maps {num_maps} needs {num_maps - len(chosen)} extra layers after map "
+                f"'{chosen[-1].name}' of backbone '{backbone_name}', but with input_size {list(input_size)} "
+                f"the maps reach 1×1 after {len(specs) - len(chosen)} ({[s.size for s in specs]}); "
+                f"use num_maps <= {len(specs)} (or leave it out: down to 1×1), a larger input_size, "
+                f"or finer feature_maps"
+            )
+        specs.append(MapSpec(f"extra{len(specs) - len(chosen) + 1}", extra_channels, extra_output_size(specs[-1].size), True))
+    return specs
+
+
+# ----------------------------------------------------------------------------
+# network
+# ----------------------------------------------------------------------------
+
+
+class ExtraLayer(nn.Sequential):
+    """1×1 conv to ``channels // 2`` then a 3×3 conv to ``channels`` that down-samples an (h, w) map
+    as :func:`extra_output_size` (page 4, Fig. 2: SSD's conv8_2 .. conv11_2), each + BN + ReLU."""
+
+    def __init__(self, in_channels: int, channels: int, size: tuple[int, int], batch_norm: bool = True) -> None:
+        mid = max(1, channels // 2)
+        (kh, sh, ph), (kw, sw, pw) = extra_layer_geometry(size[0]), extra_layer_geometry(size[1])
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid, 1, bias=not batch_norm)]
+        layers += [nn.BatchNorm2d(mid)] if batch_norm else []
+        layers += [nn.ReLU(inplace=True), nn.Conv2d(mid, channels, (kh, kw), (sh, sw), (ph, pw), bias=not batch_norm)]
+        layers += [nn.BatchNorm2d(channels)] if batch_norm else []
+        layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+
+def _flatten(x: Tensor, per_box: int) -> Tensor:
+    """(B, n * per_box, h, w) → (B, h * w * n, per_box): locations row-major, then boxes,
+    the order of :func:`~vision_pipe_plugins.head.ssd_boxes.default_boxes`."""
+    b = x.shape[0]
+    return x.permute(0, 2, 3, 1).reshape(b, -1, per_box)
+
+
+class SSDHead(Head):
+    """SSD: maps → per default box (C + 1) class logits and 4 offsets; loss, metrics, decoding.
+
+    Training contract (as torchvision's SSD): :meth:`forward` returns :class:`SSDOutputs`;
+    :meth:`loss` gives ``{"loss", "loss_conf", "loss_loc"}``; :meth:`detect` / :meth:`decode`
+    give per image boxes, scores (descending) and labels ``0..C-1`` (background removed).
+    Every threshold is a named keyword with SSD's default.
+    """
+
+    task = "detection"
+
+    def __init__(
+        self,
+        maps: Sequence[MapSpec],
+        num_classes: int,
+        input_size: tuple[int, int],
+        first_stride: int,
+        *,
+        aspect_ratios: Sequence[Sequence[float]],
+        min_scale: float = 0.2,
+        max_scale: float = 0.9,
+        clip: bool = True,
+        batch_norm: bool = True,
+        iou_threshold: float = 0.5,
+        variances: tuple[float, float] = (0.1, 0.2),
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 3,
+        alpha: float = 1.0,
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.45,
+        topk_candidates: int = 400,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        self.maps = list(maps)
+        self.num_classes = num_classes
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.first_stride = int(first_stride)
+        self.aspect_ratios = [list(map(float, r)) for r in aspect_ratios]
+        self.min_scale, self.max_scale, self.clip = min_scale, max_scale, clip
+        self.iou_threshold = iou_threshold
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.neg_pos_ratio, self.min_negatives, self.alpha = neg_pos_ratio, min_negatives, alpha
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.topk_candidates, self.detections_per_img = topk_candidates, detections_per_img
+        self.backbone_maps = [m.name for m in self.maps if not m.extra]
+
+        extras: list[nn.Module] = []
+        previous = next(m for m in reversed(self.maps) if not m.extra)
+        for spec in (m for m in self.maps if m.extra):
+            extras.append(ExtraLayer(previous.channels, spec.channels, previous.size, batch_norm))
+            previous = spec
+        self.extras = nn.ModuleList(extras)
+        per_location = boxes_per_location(self.aspect_ratios)
+        self.cls_heads = nn.ModuleList(
+            nn.Conv2d(m.channels, n * (num_classes + 1), 3, padding=1) for m, n in zip(self.maps, per_location)
+        )
+        self.box_heads = nn.ModuleList(nn.Conv2d(m.channels, n * 4, 3, padding=1) for m, n in zip(self.maps, per_location))
+        for conv in [*self.cls_heads, *self.box_heads]:
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self._defaults_cache: dict[tuple[Any, ...], Tensor] = {}
+
+    @property
+    def num_defaults(self) -> int:
+        """D, the number of default boxes at the pipeline's input size."""
+        return sum(h * w * n for m, n in zip(self.maps, boxes_per_location(self.aspect_ratios)) for h, w in [m.size])
+
+    def defaults_for(self, sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], like: Tensor) -> Tensor:
+        """(D, 4) normalized xyxy default boxes of maps of ``sizes`` on an image of ``image_size`` (h, w),
+        on ``like``'s device, float32; cached."""
+        key = (tuple(sizes), tuple(image_size), like.device)
+        if key not in self._defaults_cache:
+            self._defaults_cache[key] = default_boxes(
+                sizes, image_size, self.min_scale, self.max_scale, self.aspect_ratios, self.clip, device=like.device
+            )
+        return self._defaults_cache[key]
+
+    # -- model ---------------------------------------------------------------
+
+    def forward(self, features: Features) -> SSDOutputs:
+        """:class:`Features` with the backbone maps → :class:`SSDOutputs` (B, D, C + 1), (B, D, 4), (D, 4)."""
+        xs = [features.maps[name] for name in self.backbone_maps]
+        x = xs[-1]
+        for extra in self.extras:
+            x = extra(x)
+            xs.append(x)
+        logits = [_flatten(head(x), self.num_classes + 1) for head, x in zip(self.cls_heads, xs)]
+        offsets = [_flatten(head(x), 4) for head, x in zip(self.box_heads, xs)]
+        sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
+        defaults = self.defaults_for(sizes, self._image_size(sizes[0]), xs[0])
+        return SSDOutputs(torch.cat(logits, dim=1), torch.cat(offsets, dim=1), defaults)
+
+    def _image_size(self, first: tuple[int, int]) -> tuple[int, int]:
+        """The input (h, w) in pixels (it sets the default boxes' aspect): ``input_size`` when the first
+        map has its planned size, else that map's size times its stride (another input size)."""
+        if first == self.maps[0].size:
+            return self.input_size
+        return first[0] * self.first_stride, first[1] * self.first_stride
+
+    def loss(self, outputs: SSDOutputs, batch: Batch) -> dict[str, Tensor]:
+        """``L = (L_conf + alpha L_loc) / N`` against ``batch["boxes"]`` (pixels of the model input) and
+        ``batch["labels"]`` (0..C-1); terms ``loss``, ``loss_conf``, ``loss_loc`` (see :func:`ssd_loss`)."""
+        targets = self.targets(batch, outputs.cls_logits.device)
+        return ssd_loss(
+            outputs.cls_logits.float(),
+            outputs.box_offsets.float(),
+            targets,
+            outputs.defaults,
+            iou_threshold=self.iou_threshold,
+            variances=self.variances,
+            neg_pos_ratio=self.neg_pos_ratio,
+            min_negatives=self.min_negatives,
+            alpha=self.alpha,
+        )
+
+    def targets(self, batch: Batch, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        """Per image (boxes (G, 4) normalized xyxy, labels (G,) int64 in 1..C); boxes without area
+        (left by a crop that cut an object to a line) are dropped."""
+        h, w = batch["image"].shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+        out = []
+        for boxes, labels in zip(batch["boxes"], batch["labels"], strict=True):
+            boxes = boxes.to(device=device, dtype=torch.float32) / scale  # (G, 4)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (G,)
+            out.append((boxes[keep], labels.to(device)[keep] + 1))
+        return out
+
+    # -- detections ----------------------------------------------------------
+
+    @torch.no_grad()
+    def detect(self, outputs: SSDOutputs) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes": (K, 4) float normalized xyxy, "scores": (K,) descending,
+        "labels": (K,) int64 in 0..C-1}`` after score threshold, top-k, per-class NMS and the cap."""
+        results = postprocess(
+            outputs.cls_logits.detach().float(),
+            outputs.box_offsets.detach().float(),
+            outputs.defaults,
+            1,  # normalized coordinates: an image of 1 × 1
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            topk_candidates=self.topk_candidates,
+            detections_per_img=self.detections_per_img,
+            variances=self.variances,
+        )
+        for r in results:
+            r["labels"] = r["labels"] - 1  # 1..C → 0..C-1 (background is internal)
+        return results
+
+    def decode(self, outputs: SSDOutputs, batch: Batch, class_names: Sequence[str]) -> list[DetectionPrediction]:
+        """One :class:`DetectionPrediction` per image, boxes (N, 4) float32 xyxy in pixels of the
+        original image (``batch["meta"][i]["orig_size"]``), scores descending, labels 0..C-1."""
+        predictions = []
+        for det, meta in zip(self.detect(outputs), batch["meta"], strict=True):
+            h, w = (int(v) for v in meta["orig_size"])
+            boxes = det["boxes"].cpu() * torch.tensor([w, h, w, h], dtype=torch.float32)
+            labels = det["labels"].cpu().numpy().astype(np.int64)
+            predictions.append(
+                DetectionPrediction(
+                    id=str(meta["id"]),
+                    boxes=boxes.numpy().astype(np.float32).reshape(-1, 4),
+                    labels=labels,
+                    scores=det["scores"].cpu().numpy().astype(np.float32),
+                    class_names=[class_names[int(i)] for i in labels],
+                )
+            )
+        return predictions
+
+    # -- metrics -------------------------------------------------------------
+
+    def make_metrics(self) -> torchmetrics.MetricCollection:
+        """COCO-style mean average precision over IoU 0.5:0.95, per class, with the precision array
+        (``extended_summary``) from which per-class AP at IoU 0.5 is read."""
+        # imported here: torchmetrics takes seconds to import, and plugins load on every CLI call
+        import torchmetrics
+        from torchmetrics.detection import MeanAveragePrecision
+
+        return torchmetrics.MetricCollection(
+            {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)}
+        )
+
+    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: SSDOutputs, batch: Batch) -> None:
+        """Feed the detections and the ground truth of one batch, both in original-image pixels;
+        ``batch["difficult"]`` objects (when present) go in as ``iscrowd`` and are ignored."""
+        detections = self.detect(outputs)
+        h, w = batch["image"].shape[-2:]
+        difficult = batch.get("difficult")
+        preds, targets = [], []
+        for i, (det, meta) in enumerate(zip(detections, batch["meta"], strict=True)):
+            oh, ow = (float(v) for v in meta["orig_size"])
+            device = det["boxes"].device
+            boxes = batch["boxes"][i].to(device=device, dtype=torch.float32)
+            to_orig = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=device)
+            crowd = difficult[i].to(device=device, dtype=torch.long) if difficult is not None else None
+            target = {"boxes": boxes * to_orig, "labels": batch["labels"][i].to(device)}
+            target["iscrowd"] = crowd if crowd is not None else torch.zeros_like(target["labels"])
+            targets.append(target)
+            orig = torch.tensor([ow, oh, ow, oh], device=device)
+            preds.append({"boxes": det["boxes"] * orig, "scores": det["scores"], "labels": det["labels"]})
+        metrics.update(preds, targets)
+
+    def summarize(
+        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
+    ) -> dict[str, float]:
+        """``map`` (COCO mAP@[.5:.95]), ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>`` and
+        ``ap_50/<class>`` (NaN for a class without ground truth in the split). With ``plots_dir``,
+        writes ``ap_per_class.csv`` and ``precision_recall.png`` (per class, at IoU 0.5)."""
+        out = {key: _nan_if_missing(float(computed[key])) for key in ("map", "map_50", "map_75", "mar_100")}
+        ap, ap50 = per_class_ap(computed, len(class_names))
+        for name, a, a50 in zip(class_names, ap, ap50):
+            out[f"ap/{name}"] = a
+            out[f"ap_50/{name}"] = a50
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            _write_ap_csv(class_names, ap, ap50, plots_dir / "ap_per_class.csv")
+            _write_pr_png(computed, class_names, ap50, plots_dir / "precision_recall.png")
+        return out
+
+
+def _nan_if_missing(value: float) -> float:
+    """torchmetrics writes -1 for "no ground truth"; we write NaN (``null`` in metrics.json)."""
+    return math.nan if value < 0 else value
+
+
+def _precision_at_50(computed: dict[str, Tensor]) -> dict[int, np.ndarray]:
+    """Class id → interpolated precision (101,) at IoU 0.5, all areas, the most detections (-1 where undefined)."""
+    precision = computed["precision"].detach().cpu().double().numpy()  # (T, R, K, A, M)
+    classes = computed["classes"].detach().cpu().reshape(-1).tolist()
+    return {int(c): precision[_IOU_50, :, k, 0, -1] for k, c in enumerate(classes)}
+
+
+def per_class_ap(computed: dict[str, Tensor], num_classes: int) -> tuple[list[float], list[float]]:
+    """(AP@[.5:.95], AP@0.5) per class 0..num_classes-1 from ``MeanAveragePrecision.compute()``;
+    NaN for a class without ground truth. AP@0.5 is the mean of the 101-point interpolated precision."""
+    ap = [math.nan] * num_classes
+    per_class = computed["map_per_class"].detach().cpu().reshape(-1).tolist()
+    classes = computed["classes"].detach().cpu().reshape(-1).tolist()
+    for c, value in zip(classes, per_class):
+        if 0 <= int(c) < num_classes:
+            ap[int(c)] = _nan_if_missing(float(value))
+    ap50 = [math.nan] * num_classes
+    for c, prec in _precision_at_50(computed).items():
+        if 0 <= c < num_classes and (prec > -1).any():
+            ap50[c] = float(prec[prec > -1].mean())
+    return ap, ap50
+
+
+def _write_ap_csv(class_names: Sequence[str], ap: Sequence[float], ap50: Sequence[float], path: Path) -> None:
+    """One row per class: ``class, ap_50, ap`` (empty for NaN)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "ap_50", "ap"])
+        for name, a, a50 in zip(class_names, ap, ap50):
+            writer.writerow([name, "" if math.isnan(a50) else f"{a50:.4f}", "" if math.isnan(a) else f"{a:.4f}"])
+
+
+def _write_pr_png(computed: dict[str, Tensor], class_names: Sequence[str], ap50: Sequence[float], path: Path) -> None:
+    """Interpolated precision-recall curves at IoU 0.5, one line per class with ground truth."""
+    # no pyplot: no global backend state is touched
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for c, prec in sorted(_precision_at_50(computed).items()):
+        if 0 <= c < len(class_names) and (prec > -1).any():
+            ax.plot(_RECALLS, np.where(prec > -1, prec, np.nan), label=f"{class_names[c]} (AP50 {ap50[c]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall at IoU 0.5")
+    if ax.lines:
+        ax.legend(fontsize="small", loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+# ----------------------------------------------------------------------------
+# the stage
+# ----------------------------------------------------------------------------
+
+
+def _resolve_aspect_ratios(
+    aspect_ratios: list[float] | list[list[float]] | None, specs: Sequence[MapSpec], num_maps: int | None
+) -> list[list[float]]:
+    """One list of ratios (besides 1) per map: ``None`` → ``[2]`` each, a flat list → the same for each."""
+    if aspect_ratios is None:
+        return [[2.0] for _ in specs]
+    if all(not isinstance(r, (list, tuple)) for r in aspect_ratios):
+        ratios = [[float(r) for r in aspect_ratios] for _ in specs]  # type: ignore[union-attr]
+    else:
+        ratios = [[float(r) for r in per_map] for per_map in aspect_ratios]  # type: ignore[union-attr]
+    for r in (r for per_map in ratios for r in per_map):
+        if not r > 0:
+            raise StageError(f"head 'ssd': aspect_ratios must be positive, got {r}")
+    if len(ratios) != len(specs):
+        plan = ", ".join(f"{s.name} {s.size[0]}×{s.size[1]}" for s in specs)
+        message = (
+            f"head 'ssd': aspect_ratios has {len(ratios)} lists but the head predicts on {len(specs)} maps "
+            f"({plan}); give {len(specs)} lists, or one flat list (e.g. [2, 3]) for every map"
+        )
+        raise StageError(message) if num_maps is not None else ChainError(message)
+    return ratios
+
+
+def _check_parameters(**values: Any) -> None:
+    """Raise :class:`StageError` naming the parameter for values outside their range."""
+    checks = {
+        "num_maps": lambda v: v is None or v >= 1,
+        "extra_channels": lambda v: v >= 2,
+        "min_scale": lambda v: 0 < v <= 1,
+        "max_scale": lambda v: 0 < v <= 1,
+        "iou_threshold": lambda v: 0 < v <= 1,
+        "variances": lambda v: len(v) == 2 and all(x > 0 for x in v),
+        "neg_pos_ratio": lambda v: v >= 0,
+        "min_negatives": lambda v: v >= 0,
+        "alpha": lambda v: v >= 0,
+        "score_thresh": lambda v: 0 <= v < 1,
+        "nms_thresh": lambda v: 0 < v <= 1,
+        "topk_candidates": lambda v: v >= 1,
+        "detections_per_img": lambda v: v >= 1,
+    }
+    wanted = {
+        "num_maps": ">= 1 (or left out: down to 1×1)",
+        "extra_channels": ">= 2",
+        "min_scale": "in (0, 1]",
+        "max_scale": "in (0, 1]",
+        "iou_threshold": "in (0, 1]",
+        "variances": "two positive numbers (centre, size), e.g. [0.1, 0.2]",
+        "neg_pos_ratio": ">= 0",
+        "min_negatives": ">= 0",
+        "alpha": ">= 0",
+        "score_thresh": "in [0, 1)",
+        "nms_thresh": "in (0, 1]",
+        "topk_candidates": ">= 1",
+        "detections_per_img": ">= 1",
+    }
+    for name, ok in checks.items():
+        if not ok(values[name]):
+            raise StageError(f"head 'ssd': {name} must be {wanted[name]}, got {values[name]!r}")
+    if values["min_scale"] > values["max_scale"]:
+        raise StageError(
+            f"head 'ssd': min_scale ({values['min_scale']}) must be <= max_scale ({values['max_scale']}); "
+            "they are the default-box scales of the finest and the coarsest map"
+        )
+
+
+@stage("head", "ssd")
+def ssd(
+    context: StageContext,
+    feature_maps: list[str] | None = None,
+    num_maps: int | None = None,
+    extra_channels: int = 256,
+    batch_norm: bool = True,
+    min_scale: float = 0.2,
+    max_scale: float = 0.9,
+    aspect_ratios: list[float] | list[list[float]] | None = None,
+    clip: bool = True,
+    iou_threshold: float = 0.5,
+    variances: tuple[float, float] = (0.1, 0.2),
+    neg_pos_ratio: float = 3.0,
+    min_negatives: int = 3,
+    alpha: float = 1.0,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    topk_candidates: int = 400,
+    detections_per_img: int = 100,
+) -> SSDHead:
+    """Detect objects with SSD: class scores and box offsets for default boxes on several maps.
+
+    Args:
+        feature_maps: backbone maps to predict on, finest first; by default those of stride >= 8
+            (SSD300's first map has stride 8), or the coarsest if none has.
+        num_maps: how many maps in all; extra down-sampling layers follow the last backbone map
+            when it is more than ``feature_maps`` (default: add them until a map is 1×1).
+        extra_channels: channels of each extra layer (1×1 conv to half of it, then a 3×3 conv).
+        batch_norm: batch norm in the extra layers.
+        min_scale, max_scale: default-box scales of the finest and coarsest map, as fractions of the
+            image's shorter side, spaced linearly in between (paper eq. 4: 0.2, 0.9).
+        aspect_ratios: ratios besides 1 of the default boxes, per map (``[[2], [2, 3], ...]``) or one
+            flat list for every map; each ratio ``a`` gives boxes ``a`` and ``1/a``, and ratio 1 gives
+            two (scales ``s_k`` and ``sqrt(s_k s_k+1)``). Default ``[2]`` for every map.
+        clip: clip default boxes to the image.
+        iou_threshold: a default box with IoU >= this with a ground truth is matched to it (besides
+            every ground truth's best default box).
+        variances: box-coding variances (centre, size).
+        neg_pos_ratio: hard negatives kept per positive in the classification loss.
+        min_negatives: hard negatives kept per image at least (what images without objects contribute).
+        alpha: weight of the localization loss.
+        score_thresh: detections need a class probability above this.
+        nms_thresh: per-class NMS suppresses boxes with IoU above this with a better one.
+        topk_candidates: best boxes per class considered for NMS.
+        detections_per_img: detections kept per image (COCO evaluates at most 100).
+    """
+    _check_parameters(
+        num_maps=num_maps, extra_channels=extra_channels, min_scale=min_scale, max_scale=max_scale,
+        iou_threshold=iou_threshold, variances=variances, neg_pos_ratio=neg_pos_ratio,
+        min_negatives=min_negatives, alpha=alpha, score_thresh=score_thresh, nms_thresh=nms_thresh,
+        topk_candidates=topk_candidates, detections_per_img=detections_per_img,
+    )  # fmt: skip
+    if context.class_names is None or context.feature_info is None:
+        raise StageError("head 'ssd' needs the class names and the backbone's feature maps")
+    if context.num_classes < 1:
+        raise StageError("head 'ssd' needs at least one object class; the loader gives none")
+    specs = plan_maps(
+        context.feature_info, context.input_size, feature_maps, num_maps, extra_channels, context.backbone_name
+    )
+    ratios = _resolve_aspect_ratios(aspect_ratios, specs, num_maps)
+    first = next(info for info in context.feature_info if info.name == specs[0].name)
+    return SSDHead(
+        specs,
+        context.num_classes,
+        context.input_size,
+        first.stride,
+        aspect_ratios=ratios,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        clip=clip,
+        batch_norm=batch_norm,
+        iou_threshold=iou_threshold,
+        variances=variances,
+        neg_pos_ratio=neg_pos_ratio,
+        min_negatives=min_negatives,
+        alpha=alpha,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        topk_candidates=topk_candidates,
+        detections_per_img=detections_per_img,
+    )
+
+
+@hookimpl
+def vision_pipe_stages() -> list[object]:
+    return [ssd]
