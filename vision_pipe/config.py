@@ -114,10 +114,22 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The model side: backbone → head."""
+    """The model side: backbone → head, and how the model runs on the accelerator.
+
+    ``channels_last``: keep the model's convolution weights and the input batch in
+    the NHWC memory format — faster convolutions on GPUs with tensor cores (with
+    ``trainer.precision: bf16-mixed`` or ``16-mixed``); usually no gain on a CPU.
+    ``compile``: ``false``, ``true`` or a ``torch.compile`` mode (``default``,
+    ``reduce-overhead``, ``max-autotune``, ``max-autotune-no-cudagraphs``): compile
+    the backbone when training/evaluation starts. The first steps pay the
+    compilation; it needs a compiler toolchain (Triton on a GPU, a C++ compiler on
+    a CPU). Both are off by default; the ready GPU pipelines turn them on.
+    """
 
     backbone: StageSpec
     head: StageSpec
+    channels_last: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
 
     @field_validator("backbone", "head", mode="before")
     @classmethod

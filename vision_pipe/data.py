@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,22 @@ def build_transform(
     return A.Compose(transforms)
 
 
+def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
+    """Seed ``transform`` and every transform inside it with one shared random stream.
+
+    albumentations' ``set_random_seed`` gives each transform its own generator seeded
+    with the same number, so their draws coincide (HorizontalFlip and VerticalFlip with
+    equal ``p`` would always flip together) and it builds two generators per transform
+    for every sample. One shared pair draws independently and costs a fraction.
+    """
+    rng, py_random = np.random.default_rng(seed), random.Random(seed)
+    stack: list[Any] = [transform]
+    while stack:
+        t = stack.pop()
+        t.seed, t.random_generator, t.py_random = seed, rng, py_random
+        stack.extend(getattr(t, "transforms", None) or [])
+
+
 def check_image(image: Any, sample_id: str) -> np.ndarray:
     """Check that a loader produced an (H, W, 3) uint8 image."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -190,7 +207,7 @@ def transform_sample(
         inputs["difficult"] = np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
     # Reproducible under the pipeline seed: each sample's augmentation seed is
     # drawn from torch's RNG, which Lightning seeds per process and per worker.
-    transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    seed_transform(transform, int(torch.randint(0, 2**31 - 1, ()).item()))
     out = transform(**inputs)
     image = out["image"]
     if image.shape[:2] != tuple(input_size):
@@ -248,6 +265,15 @@ def _worker_init(worker_id: int) -> None:
 
     pl_worker_init_function(worker_id)
     cv2.setNumThreads(0)  # one OpenCV thread per worker: the workers are the parallelism
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """A tensor, or a list of tensors, on ``device`` (asynchronous from pinned memory); anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+        return [v.to(device, non_blocking=True) for v in value]
+    return value
 
 
 def default_num_workers() -> int:
@@ -343,12 +369,17 @@ class PipelineDataModule(pl.LightningDataModule):
         ds[0]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        from vision_pipe.distributed import evaluation_sampler
+
         ds = self.dataset(split)
         on_gpu = torch.cuda.is_available()
+        # multi-process evaluation: each sample in exactly one process (Lightning's sampler would repeat some)
+        sampler = None if shuffle else evaluation_sampler(ds, self.trainer)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=on_gpu,
@@ -356,6 +387,15 @@ class PipelineDataModule(pl.LightningDataModule):
             worker_init_fn=_worker_init if self.num_workers else None,
             drop_last=False,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move only the batch's tensors and lists of tensors (boxes); ``meta`` stays on the host.
+
+        Lightning's default walks every element of ``meta`` (one dict per image) on every step.
+        """
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {key: _to_device(value, device) for key, value in batch.items()}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

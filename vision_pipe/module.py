@@ -1,4 +1,14 @@
-"""The model side of a pipeline as a LightningModule: normalization → backbone → head."""
+"""The model side of a pipeline as a LightningModule: normalization → backbone → head.
+
+Per step the module does only what the step needs: the loss terms are summed
+on the device and logged once per epoch (no per-step ``self.log``, no host
+sync), as means over the epoch's samples of all processes; the datamodule moves
+only the batch's tensors to the accelerator. The head's torchmetrics reduce
+themselves across processes.
+
+Performance switches (``model.channels_last``, ``model.compile``; see
+:class:`~vision_pipe.config.ModelConfig`) are applied here.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +30,16 @@ class PipelineModule(pl.LightningModule):
 
     Logs ``train/loss``, ``val/loss`` and the head's metrics as ``val/<key>`` /
     ``test/<key>`` once per epoch. ``test_metrics`` holds the last test results.
+
+    ``channels_last``: the model's 4-d weights and the normalized input batch use
+    the NHWC memory format (faster convolutions on GPUs with tensor cores).
+    ``compile``: ``False``, or a ``torch.compile`` mode (``True`` = ``"default"``)
+    with which the backbone is compiled in place when a Trainer sets the module up
+    (parameter names, hence checkpoints, are unchanged).
     """
+
+    #: ``torch.compile`` backend of the ``compile`` switch (tests use ``"eager"``).
+    compile_backend: str = "inductor"
 
     def __init__(
         self,
@@ -31,6 +50,9 @@ class PipelineModule(pl.LightningModule):
         scheduler: SchedulerConfig,
         class_names: Sequence[str],
         checkpoint_extra: dict[str, Any] | None = None,
+        *,
+        channels_last: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -44,6 +66,19 @@ class PipelineModule(pl.LightningModule):
         self.test_metrics_collection = head.make_metrics()
         self.plots_dir: Path | None = None
         self.test_metrics: dict[str, float] = {}
+        self.channels_last = channels_last
+        self.compile_mode: str | None = ("default" if compile is True else compile) or None
+        self._loss_sums: dict[str, dict[str, Tensor]] = {}
+        self._loss_counts: dict[str, int] = {}
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    # -- setup --------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Compile the backbone (``compile`` switch) before a Trainer runs the module."""
+        if self.compile_mode is not None and getattr(self.backbone, "_compiled_call_impl", None) is None:
+            self.backbone.compile(mode=self.compile_mode, backend=self.compile_backend)
 
     # -- forward ------------------------------------------------------------
 
@@ -52,6 +87,8 @@ class PipelineModule(pl.LightningModule):
         x = images.float()
         if self.normalizer is not None:
             x = self.normalizer(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
     # -- steps --------------------------------------------------------------
@@ -59,18 +96,55 @@ class PipelineModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         outputs = self(batch["image"])
         losses = self.head.loss(outputs, batch)
-        bs = batch["image"].shape[0]
-        for key, value in losses.items():
-            self.log(f"train/{key}", value, on_step=False, on_epoch=True, prog_bar=key == "loss", batch_size=bs)
+        self._accumulate("train", losses, batch["image"].shape[0])
         return losses["loss"]
 
     def _eval_step(self, batch: Batch, split: str, metrics: Any) -> None:
         outputs = self(batch["image"])
-        losses = self.head.loss(outputs, batch)
-        bs = batch["image"].shape[0]
-        for key, value in losses.items():
-            self.log(f"{split}/{key}", value, on_epoch=True, prog_bar=key == "loss", batch_size=bs, sync_dist=True)
+        self._accumulate(split, self.head.loss(outputs, batch), batch["image"].shape[0])
         self.head.update_metrics(metrics, outputs, batch)
+
+    def _accumulate(self, split: str, losses: dict[str, Tensor], batch_size: int) -> None:
+        """Add one batch's loss terms, weighted by its size, to the epoch's sums (on the device: no host sync)."""
+        sums = self._loss_sums.setdefault(split, {})
+        with torch.no_grad():
+            for key, value in losses.items():
+                term = value.detach().float() * batch_size
+                sums[key] = sums[key] + term if key in sums else term
+        self._loss_counts[split] = self._loss_counts.get(split, 0) + batch_size
+
+    def _log_losses(self, split: str) -> None:
+        """Log ``<split>/<key>``: each loss term's mean over the epoch's samples of every process.
+
+        One all-reduce of [count, sums...] per epoch; exact with processes of unequal shares
+        (evaluation splits are not padded), which Lightning's per-step ``self.log`` is not.
+        """
+        sums, count = self._loss_sums.pop(split, {}), self._loss_counts.pop(split, 0)
+        keys = self.trainer.strategy.broadcast(sorted(sums))  # rank 0 has the largest share
+        if not keys:
+            return
+        zero = torch.zeros((), device=self.device)
+        stacked = torch.stack([torch.tensor(float(count), device=self.device), *(sums.get(k, zero) for k in keys)])
+        stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
+        for key, total in zip(keys, stacked[1:]):
+            mean = total / stacked[0].clamp(min=1)
+            # equal in every process already: "max" keeps it exact (and tells Lightning it is reduced)
+            self.log(f"{split}/{key}", mean, prog_bar=key == "loss", sync_dist=True, reduce_fx="max")
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sums.pop("train", None)
+        self._loss_counts.pop("train", None)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_losses("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self._loss_sums.pop("val", None)
+        self._loss_counts.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._loss_sums.pop("test", None)
+        self._loss_counts.pop("test", None)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
@@ -81,18 +155,23 @@ class PipelineModule(pl.LightningModule):
     def _log_metrics(self, split: str, metrics: Any, plots_dir: Path | None) -> dict[str, float]:
         computed = metrics.compute()
         metrics.reset()
+        # torchmetrics reduced its states across processes: every rank holds the same values,
+        # so only rank 0 writes pictures, and "max" keeps the logged values exact.
+        plots_dir = plots_dir if self.trainer.is_global_zero else None
         scalars = self.head.summarize(computed, self.class_names, plots_dir)
         prefixed = {f"{split}/{k}": float(v) for k, v in scalars.items()}
-        self.log_dict(prefixed, prog_bar=False)
+        self.log_dict(prefixed, prog_bar=False, sync_dist=True, reduce_fx="max")
         return prefixed
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
+            self._log_losses("val")
             self._log_metrics("val", self.val_metrics, None)
         else:
             self.val_metrics.reset()
 
     def on_test_epoch_end(self) -> None:
+        self._log_losses("test")
         plots = self.plots_dir / "test" if self.plots_dir is not None else None
         self.test_metrics = self._log_metrics("test", self.test_metrics_collection, plots)
 

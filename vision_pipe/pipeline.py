@@ -43,6 +43,11 @@ from vision_pipe.data import (
     normalization_fingerprint,
     transform_sample,
 )
+from vision_pipe.distributed import (
+    is_secondary_process,
+    private_run_dir,
+    wait_for_rank_zero,
+)
 from vision_pipe.errors import (
     ChainError,
     ConfigError,
@@ -54,6 +59,7 @@ from vision_pipe.io import IMAGE_EXTENSIONS, read_image
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS, PluginManager
 from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
+from vision_pipe.preflight import _key as preflight_key
 from vision_pipe.render import write_predictions
 from vision_pipe.results import Prediction
 from vision_pipe.stages import (
@@ -296,6 +302,8 @@ class Pipeline:
             cfg.scheduler,
             self.class_names,
             checkpoint_extra={"config": self.resolved, "class_colors": self.class_colors},
+            channels_last=cfg.model.channels_last,
+            compile=cfg.model.compile,
         )
         if self.splits:
             workers = cfg.data.num_workers
@@ -337,6 +345,9 @@ class Pipeline:
     def _ensure_run_dir(self, checkpoint: str | Path | None = None) -> Path:
         if self.run_dir is not None:
             return self.run_dir
+        if is_secondary_process():  # multi-process runs: only rank 0 writes the run directory
+            self.run_dir = private_run_dir()
+            return self.run_dir
         if checkpoint is not None:
             candidate = Path(checkpoint).resolve().parent.parent
             if (candidate / "config.yaml").exists() and Path(checkpoint).resolve().parent.name == "checkpoints":
@@ -364,6 +375,8 @@ class Pipeline:
         if self.preflight_report is not None:
             return self.preflight_report
         dm = self._require_data("check the data")
+        key = preflight_key(self.splits, self.config.task, len(self.class_names))  # as run_preflight caches it
+        wait_for_rank_zero(cache_dir() / "preflight" / f"{key}.json", "pre-flight report")  # multi-process runs
         report = run_preflight(self.splits, self.config.task, len(self.class_names), dm.num_workers)
         self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)
         dm.splits = self.splits
@@ -393,6 +406,7 @@ class Pipeline:
         stage_spec = self.resolved["data"]["normalization"]
         key = normalization_fingerprint(train, self.config.data.input_size, stage_spec)
         path = cache_dir() / "normalization" / f"{stage_spec['name']}-{key}.pt"
+        wait_for_rank_zero(path, "fitted normalization")  # multi-process runs: rank 0 fits, the others read
         if path.exists():
             try:
                 normalizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -1,0 +1,123 @@
+"""Multi-process runs: Lightning's DDP on 2 CPU processes (gloo) end to end, and the helpers behind it."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vision_pipe import Pipeline
+from vision_pipe.distributed import (
+    evaluation_sampler,
+    is_secondary_process,
+    wait_for_rank_zero,
+)
+
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@pytest.fixture
+def single_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _confusion_total(path: Path) -> int:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return sum(int(v) for row in rows for v in row[1:])
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(tiny_config, tmp_path: Path, single_process_env) -> None:
+    """fit + test with ``strategy: ddp, devices: 2``; its test metrics equal a 1-process test of the same checkpoint."""
+    config = copy.deepcopy(tiny_config)
+    config["data"]["loader"]["num_images"] = 55  # val and test get 11 samples: an odd number to split in 2
+    config["trainer"].update(strategy="ddp", devices=2, max_epochs=1)
+    path = tmp_path / "tiny_ddp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    # Lightning's ddp launcher starts rank 1 by re-running the command: run it as a CLI process.
+    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    runs = list((tmp_path / "runs" / "tiny").iterdir())
+    assert len(runs) == 1, runs  # rank 1 wrote no run directory of its own
+    run = runs[0]
+    ddp = json.loads((run / "metrics.json").read_text())
+    # every test sample counted exactly once (Lightning's own sampler would repeat one to fill rank 1)
+    assert _confusion_total(run / "plots/test/confusion_matrix.csv") == 11
+    # the pre-flight pass and the mean image ran once, in rank 0; rank 1 read the cache
+    preflight_lines = [line for line in proc.stdout.splitlines() if line.startswith("pre-flight:")]
+    assert len(preflight_lines) == 2 and sum("cached result" in line for line in preflight_lines) == 1, proc.stdout
+    assert len(list(Path(os.environ["VISION_PIPE_CACHE"]).glob("normalization/*.pt"))) == 1
+
+    single = Pipeline.from_yaml(path, ["trainer.strategy=auto", "trainer.devices=1"])
+    metrics = single.test(run / "checkpoints" / "best.ckpt")
+    for key, value in metrics.items():
+        if key == "test/loss":
+            assert ddp[key] == pytest.approx(value, rel=1e-5), key
+        elif not math.isnan(value):
+            assert ddp[key] == value, key
+    assert _confusion_total(run / "plots/test/confusion_matrix.csv") == 11
+
+
+def test_rank_from_the_launchers_environment(monkeypatch: pytest.MonkeyPatch, single_process_env) -> None:
+    assert not is_secondary_process()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "0")
+    assert not is_secondary_process()  # rank 0 after Lightning started the others
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert is_secondary_process()  # a process Lightning's launcher started
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert not is_secondary_process()  # a single-task SLURM step is no multi-process run
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert is_secondary_process()
+
+
+def test_secondary_process_waits_for_rank_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_process_env) -> None:
+    target = tmp_path / "cache" / "x.pt"
+    assert wait_for_rank_zero(target, "x", timeout=0.0) is False  # rank 0 never waits
+    monkeypatch.setenv("RANK", "1")
+    assert wait_for_rank_zero(target, "x", timeout=0.2, poll=0.05) is False  # gives up: computes it itself
+
+    def write_later() -> None:
+        time.sleep(0.2)
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"done")
+
+    writer = threading.Thread(target=write_later)
+    writer.start()
+    assert wait_for_rank_zero(target, "x", timeout=30, poll=0.05) is True
+    writer.join()
+
+
+def test_secondary_process_writes_no_run_directory(tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    pipe = Pipeline.from_dict(tiny_config)
+    run_dir = pipe._ensure_run_dir()
+    assert not (tmp_path / "runs").exists() and run_dir.is_dir() and not (run_dir / "config.yaml").exists()
+
+
+def test_evaluation_sampler_splits_without_repeating() -> None:
+    class FakeTrainer:
+        world_size = 2
+
+        def __init__(self, rank: int) -> None:
+            self.global_rank = rank
+
+    data = list(range(11))
+    assert evaluation_sampler(data, None) is None
+    shares = [list(evaluation_sampler(data, FakeTrainer(rank))) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == data and {len(s) for s in shares} == {5, 6}
