@@ -10,6 +10,7 @@ throughput (images/s) and the device.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def main(overrides: list[str]) -> None:
     total = time.perf_counter() - start
     epochs = int(fit["fit/epochs"])
     images = epochs * len(pipe.splits["train"])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print()
     print(f"device:              {device}")
     print(f"epochs:              {epochs}")

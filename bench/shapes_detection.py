@@ -7,11 +7,8 @@ Target (issue #4, SSD): test mAP@0.5 >= 0.90 in <= 15 minutes on a 2-core CPU.
 Prints the test mAP@0.5 and COCO mAP@[.5:.95] (with AP@0.5 per class), the
 wall-clock time of fit + test, the training throughput (images/s) and the device.
 
-On a CPU the model gets the cores the DataLoader workers leave (on 2 cores: one
-thread for the model, one worker for the data). PyTorch's default of one thread
-per core oversubscribes the CPU next to the workers, and on a CPU shared with other
-jobs its threads wait on each other: a training step measured about 10× slower
-with 2 threads than with 1 while other jobs loaded the 2 cores (load average ~5).
+On a CPU the pipeline gives the model the cores the DataLoader workers leave
+(see ``vision_pipe.pipeline._cpu_threads``).
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from pathlib import Path
 import torch
 
 from vision_pipe import Pipeline
-from vision_pipe.data import default_num_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,10 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(overrides: list[str]) -> None:
     start = time.perf_counter()
     pipe = Pipeline.from_yaml(ROOT / "pipelines" / "shapes_detection.yaml", overrides)
-    if not torch.cuda.is_available():
-        workers = pipe.config.data.num_workers
-        workers = default_num_workers() if workers == "auto" else int(workers)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     fit_start = time.perf_counter()
     fit = pipe.fit()
     fit_seconds = time.perf_counter() - fit_start
@@ -43,7 +35,7 @@ def main(overrides: list[str]) -> None:
     total = time.perf_counter() - start
     epochs = int(fit["fit/epochs"])
     images = epochs * len(pipe.splits["train"])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print()
     print(f"device:              {device}")
     print(f"epochs:              {epochs}")

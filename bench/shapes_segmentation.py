@@ -13,6 +13,7 @@ epochs and overrides). Prints mIoU, pixel accuracy and wall time per mode.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def main() -> None:
     for mode in [m for m in args.modes.split(",") if m and m != default_mode]:
         results[mode] = run([*args.overrides, f"model.head.upsample={mode}"])
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"\ndevice: {device}    pipeline: {PIPELINE.relative_to(ROOT)} {' '.join(args.overrides)}")
     print(f"{'upsample':<22} {'test/miou':>9} {'pixel_acc':>9} {'epochs':>6} {'fit+test':>9}")
     for mode, r in results.items():

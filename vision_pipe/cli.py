@@ -14,6 +14,8 @@ printed as one message naming the file / key / stage, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +113,16 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vision_pipe.distributed import is_secondary_process
+
+    if is_secondary_process():
+        # the other processes of a multi-process (DDP) run: rank 0 alone reports
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _dispatch(args)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "stages":
         return _stages(_manager(args), args.kind, args.all, args.markdown)

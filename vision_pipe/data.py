@@ -385,7 +385,8 @@ class PipelineDataModule(pl.LightningDataModule):
             pin_memory=on_gpu,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_worker_init if self.num_workers else None,
-            drop_last=False,
+            # a last training batch of a single image would break batch norm (no batch statistics)
+            drop_last=shuffle and len(ds) % self.batch_size == 1 and len(ds) > 1,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

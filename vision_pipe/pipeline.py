@@ -12,7 +12,8 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -499,7 +500,8 @@ class Pipeline:
         trainer, checkpoint_cb = self._trainer(run_dir, action="fit")
         self.trainer = trainer
         self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
-        self._call("fit", trainer.fit, self.module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        with _cpu_threads(trainer, dm.num_workers):
+            self._call("fit", trainer.fit, self.module, datamodule=dm, ckpt_path=str(resume) if resume else None)
         self.best_checkpoint = checkpoint_cb.best_model_path or None
         metrics = _scalars(trainer.callback_metrics)
         metrics["fit/epochs"] = float(trainer.current_epoch)
@@ -538,7 +540,8 @@ class Pipeline:
     def validate(self, ckpt: str | Path | None = None) -> dict[str, float]:
         """Evaluate on the validation split; returns ``val/...`` metrics."""
         trainer, ckpt_path, _ = self._eval("validate", ckpt)
-        self._call("validate", trainer.validate, self.module, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        with _cpu_threads(trainer, self._require_data("validate").num_workers):
+            self._call("validate", trainer.validate, self.module, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         return {k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("val/")}
 
     def test(self, ckpt: str | Path | None = None) -> dict[str, float]:
@@ -549,7 +552,8 @@ class Pipeline:
         """
         trainer, ckpt_path, run_dir = self._eval("test", ckpt)
         self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
-        self._call("test", trainer.test, self.module, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
+        with _cpu_threads(trainer, self._require_data("test").num_workers):
+            self._call("test", trainer.test, self.module, datamodule=self.datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics = dict(self.module.test_metrics)
         metrics.update({k: v for k, v in _scalars(trainer.callback_metrics).items() if k.startswith("test/")})
         _update_metrics_file(run_dir / "metrics.json", metrics)
@@ -646,6 +650,36 @@ class _LazyImages(Sequence[np.ndarray]):
 
     def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
         return _predict_sample(i, self.items[i])["image"]
+
+
+@contextmanager
+def _cpu_threads(trainer: pl.Trainer, num_workers: int) -> Iterator[None]:
+    """On a CPU, give the model's threads only the cores the DataLoader workers leave.
+
+    PyTorch starts one thread per core; next to ``num_workers`` worker processes
+    that oversubscribes the CPU, and OpenMP threads spin waiting for each other:
+    on 2 cores with 1 worker, training measured 20-30 % slower with 2 threads
+    than with 1 on an idle machine, and up to 10x slower on a loaded one. An
+    explicit ``OMP_NUM_THREADS`` is left alone.
+    """
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    if not isinstance(trainer.accelerator, CPUAccelerator) or num_workers == 0 or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, _cpu_count() - num_workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _set(tree: dict[str, Any], loc: tuple[str | int, ...], value: Any) -> None:

@@ -528,3 +528,14 @@ def test_box_rules_drop_mostly_hidden_boxes_in_training_only() -> None:
     assert item["boxes"][1].tolist() == [28, 10, 40, 20]  # clipped at the crop's edge, then scaled x2
     keep_all = build_transform("detection", (20, 40), [crop, A.Resize(20, 40)])  # no rules: nothing dropped
     assert transform_sample(sample, "detection", keep_all, (20, 40))["labels"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("n", "dropped"), [(17, True), (18, False), (16, False), (1, False)])
+def test_a_last_training_batch_of_one_image_is_dropped(n: int, dropped: bool) -> None:
+    from vision_pipe.data import PipelineDataModule
+
+    splits = {s: IdSource(n) for s in ("train", "val", "test")}
+    dm = PipelineDataModule(splits, "classification", (4, 4), [], batch_size=16, num_workers=0)
+    sizes = [len(b["label"]) for b in dm.train_dataloader()]
+    assert sum(sizes) == n - (1 if dropped else 0)
+    assert sum(len(b["label"]) for b in dm.test_dataloader()) == n  # evaluation sees every sample

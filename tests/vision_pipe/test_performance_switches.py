@@ -72,3 +72,21 @@ def test_compile_wraps_the_backbone_when_a_trainer_sets_up(tiny_config, monkeypa
     assert pipe.module.backbone._compiled_call_impl is not None
     assert [n for n, _ in pipe.module.named_parameters()] == names  # checkpoints keep their keys
     assert set(pipe.test()) >= {"test/acc", "test/loss"}
+
+
+def test_cpu_training_leaves_the_workers_their_cores(monkeypatch):
+    import pytorch_lightning as pl
+
+    from vision_pipe.pipeline import _cpu_count, _cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    before = torch.get_num_threads()
+    with _cpu_threads(trainer, 1):
+        assert torch.get_num_threads() == max(1, _cpu_count() - 1)
+    assert torch.get_num_threads() == before
+    with _cpu_threads(trainer, 0):  # no workers: the data loads in this process, between steps
+        assert torch.get_num_threads() == before
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # an explicit choice wins
+    with _cpu_threads(trainer, 1):
+        assert torch.get_num_threads() == before
