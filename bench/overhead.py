@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -42,6 +43,7 @@ import torch
 
 from vision_pipe import Pipeline, hookimpl
 from vision_pipe.module import make_optimizer
+from vision_pipe.pipeline import _cpu_count
 from vision_pipe.plugins import PluginManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,13 +154,18 @@ class PlainModel(torch.nn.Module):
 
 
 def run_plain(yaml_path: Path, overrides: list[str], device: torch.device) -> tuple[Seconds, Losses]:
-    """(b): the same stages, loaders, optimizer and seed in a loop of torch calls only."""
+    """(b): the same stages, loaders, optimizer, seed and thread count in a loop of torch calls only."""
+    threads = torch.get_num_threads()
     pipe = Pipeline.from_yaml(yaml_path, overrides)
     pipe.preflight()
     pipe.fit_normalizer()
     dm = pipe.datamodule
     cfg = pipe.config
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as Pipeline.fit seeds (torch, numpy, workers)
+    if device.type == "cpu" and dm.num_workers and "OMP_NUM_THREADS" not in os.environ:
+        # the threads Pipeline.fit gives the model on a CPU (cores the workers leave): the same
+        # arithmetic in the same order, so that the losses can agree to the last digits
+        torch.set_num_threads(max(1, _cpu_count() - dm.num_workers))
     model = PlainModel(pipe.stages["normalization"], pipe.stages["backbone"], pipe.stages["head"]).to(device)
     head = model.head
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
@@ -191,6 +198,7 @@ def run_plain(yaml_path: Path, overrides: list[str], device: torch.device) -> tu
         losses.append((float(total / count), float(val_total / val_count)))
         end = clocks()
         seconds.append((end[0] - start[0], end[1] - start[1]))
+    torch.set_num_threads(threads)
     return seconds, losses
 
 
@@ -223,7 +231,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both sides")
     args = parser.parse_args()
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-    print(f"device: {torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'}")
+    print(f"device: {torch.cuda.get_device_name(0) if device.type == 'cuda' else f'CPU ({_cpu_count()} cores)'}")
     tasks = ["classification", "detection"] if args.task == "both" else [args.task]
     for task in tasks:
         yaml_path = ROOT / "pipelines" / f"shapes_{task}.yaml"

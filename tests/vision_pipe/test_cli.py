@@ -6,8 +6,10 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from vision_pipe.cli import main
@@ -75,6 +77,46 @@ def test_fit_test_predict_end_to_end(tiny_config, write_yaml, tmp_path, capsys):
     assert all(r["class_name"] in ("circle", "square", "triangle") for r in records)
     annotated = cv2.imread(str(out_dir / "img0_pred.png"))
     assert annotated is not None and min(annotated.shape[:2]) >= 256
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_predict_writes_task_outputs_at_the_original_size(task, tiny_config, write_yaml, tmp_path, capsys):
+    tiny_config["task"] = task
+    tiny_config["data"]["input_size"] = [32, 32]
+    tiny_config["data"]["loader"].update(size=32, num_images=40)
+    tiny_config["model"]["head"] = (
+        {"name": "fcn", "upsample": "bilinear", "skips": "none"} if task == "segmentation" else {"name": "ssd", "extra_channels": 8}
+    )
+    tiny_config["trainer"]["max_epochs"] = 1
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["fit", str(path), "--no-test"]) == 0
+    ckpt = next((tmp_path / "runs" / "tiny").iterdir()) / "checkpoints" / "last.ckpt"
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "wide.png"), rng.integers(0, 255, (45, 70, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "tall.jpg"), rng.integers(0, 255, (61, 29, 3), dtype=np.uint8))
+    out_dir = tmp_path / "pred"
+    capsys.readouterr()
+    assert main(["predict", str(ckpt), str(images), "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "tall.jpg" in printed and "wide.png" in printed
+    records = {Path(r["id"]).name: r for r in json.loads((out_dir / "predictions.json").read_text())}
+    assert set(records) == {"tall.jpg", "wide.png"}
+    assert (out_dir / "tall_pred.png").is_file() and (out_dir / "wide_pred.png").is_file()
+    if task == "segmentation":
+        for name, size in [("wide", (45, 70)), ("tall", (61, 29))]:
+            mask = cv2.imread(str(out_dir / f"{name}_mask.png"), cv2.IMREAD_UNCHANGED)
+            assert mask.shape == size and mask.max() < 4  # class ids at the input's own size
+            assert records[f"{name}.{'png' if name == 'wide' else 'jpg'}"]["size"] == list(size)
+    else:
+        coco = json.loads((out_dir / "detections_coco.json").read_text())
+        assert len(coco) == sum(len(r["boxes"]) for r in records.values())
+        for det in coco:
+            x, y, w, h = det["bbox"]
+            height, width = (45, 70) if det["file_name"].endswith("wide.png") else (61, 29)
+            assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+            assert det["category_name"] in ("circle", "square", "triangle")
 
 
 def test_errors_are_one_clear_message_with_exit_code_2(tiny_config, write_yaml, tmp_path, capsys):
