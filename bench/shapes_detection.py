@@ -13,39 +13,24 @@ On a CPU the pipeline gives the model the cores the DataLoader workers leave
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-from pathlib import Path
 
-import torch
-
-from vision_pipe import Pipeline
-
-ROOT = Path(__file__).resolve().parent.parent
+from _job import device_name, run_job
 
 
 def main(overrides: list[str]) -> None:
-    start = time.perf_counter()
-    pipe = Pipeline.from_yaml(ROOT / "pipelines" / "shapes_detection.yaml", overrides)
-    fit_start = time.perf_counter()
-    fit = pipe.fit()
-    fit_seconds = time.perf_counter() - fit_start
-    test = pipe.test()
-    total = time.perf_counter() - start
-    epochs = int(fit["fit/epochs"])
-    images = epochs * len(pipe.splits["train"])
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    job = run_job("shapes_detection", overrides)
+    test = job.test
     print()
-    print(f"device:              {device}")
-    print(f"epochs:              {epochs}")
+    print(f"device:              {device_name()}")
+    print(f"epochs:              {job.epochs}")
     print(f"test/map_50:         {test['test/map_50']:.4f}   (target >= 0.90)")
     print(f"test/map:            {test['test/map']:.4f}   (COCO mAP@[.5:.95])")
-    for name in pipe.class_names:
+    for name in job.pipe.class_names:
         print(f"test/ap_50/{name + ':':<9}{test[f'test/ap_50/{name}']:.4f}")
-    print(f"fit + test time:     {total:.1f} s   (target <= 900 s on a 2-core CPU)")
-    print(f"training throughput: {images / fit_seconds:.0f} images/s (fit incl. validation)")
-    print(f"run directory:       {pipe.run_dir}")
+    print(f"fit + test time:     {job.seconds:.1f} s   (target <= 900 s on a 2-core CPU)")
+    print(f"training throughput: {job.images_per_second:.0f} images/s (fit incl. validation)")
+    print(f"run directory:       {job.pipe.run_dir}")
 
 
 if __name__ == "__main__":

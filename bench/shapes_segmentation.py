@@ -13,29 +13,20 @@ epochs and overrides). Prints mIoU, pixel accuracy and wall time per mode.
 from __future__ import annotations
 
 import argparse
-import os
-import time
-from pathlib import Path
 
-import torch
 import yaml
+from _job import ROOT, device_name, run_job
 
-from vision_pipe import Pipeline
-
-ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "pipelines" / "shapes_segmentation.yaml"
 
 
 def run(overrides: list[str]) -> dict[str, float]:
-    start = time.perf_counter()
-    pipe = Pipeline.from_yaml(PIPELINE, overrides)
-    fit = pipe.fit()
-    test = pipe.test()
+    job = run_job("shapes_segmentation", overrides)
     return {
-        "miou": test["test/miou"],
-        "pixel_acc": test["test/pixel_acc"],
-        "epochs": fit["fit/epochs"],
-        "seconds": time.perf_counter() - start,
+        "miou": job.test["test/miou"],
+        "pixel_acc": job.test["test/pixel_acc"],
+        "epochs": job.epochs,
+        "seconds": job.seconds,
     }
 
 
@@ -49,8 +40,7 @@ def main() -> None:
     for mode in [m for m in args.modes.split(",") if m and m != default_mode]:
         results[mode] = run([*args.overrides, f"model.head.upsample={mode}"])
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"\ndevice: {device}    pipeline: {PIPELINE.relative_to(ROOT)} {' '.join(args.overrides)}")
+    print(f"\ndevice: {device_name()}    pipeline: {PIPELINE.relative_to(ROOT)} {' '.join(args.overrides)}")
     print(f"{'upsample':<22} {'test/miou':>9} {'pixel_acc':>9} {'epochs':>6} {'fit+test':>9}")
     for mode, r in results.items():
         print(f"{mode:<22} {r['miou']:>9.4f} {r['pixel_acc']:>9.4f} {int(r['epochs']):>6} {r['seconds']:>8.1f}s")

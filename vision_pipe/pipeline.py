@@ -60,7 +60,7 @@ from vision_pipe.io import IMAGE_EXTENSIONS, read_image
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS, PluginManager
 from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
-from vision_pipe.preflight import _key as preflight_key
+from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import write_predictions
 from vision_pipe.results import Prediction
 from vision_pipe.stages import (
@@ -376,8 +376,8 @@ class Pipeline:
         if self.preflight_report is not None:
             return self.preflight_report
         dm = self._require_data("check the data")
-        key = preflight_key(self.splits, self.config.task, len(self.class_names))  # as run_preflight caches it
-        wait_for_rank_zero(cache_dir() / "preflight" / f"{key}.json", "pre-flight report")  # multi-process runs
+        cached = preflight_cache_path(self.splits, self.config.task, len(self.class_names))
+        wait_for_rank_zero(cached, "pre-flight report")  # multi-process runs: rank 0 does the pass
         report = run_preflight(self.splits, self.config.task, len(self.class_names), dm.num_workers)
         self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)
         dm.splits = self.splits

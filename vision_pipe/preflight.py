@@ -21,6 +21,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -200,11 +201,16 @@ def _key(splits: dict[str, SampleSource], task: str, num_classes: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def cache_path(splits: dict[str, SampleSource], task: str, num_classes: int) -> Path:
+    """Where the report for this data (its fingerprints), task and class count is cached."""
+    return cache_dir() / "preflight" / f"{_key(splits, task, num_classes)}.json"
+
+
 def run_preflight(
     splits: dict[str, SampleSource], task: str, num_classes: int, num_workers: int, *, use_cache: bool = True
 ) -> PreflightReport:
     """Read and check every sample of every split; a cached report is reused for unchanged data."""
-    path = cache_dir() / "preflight" / f"{_key(splits, task, num_classes)}.json"
+    path = cache_path(splits, task, num_classes)
     if use_cache and path.exists():
         try:
             return PreflightReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
