@@ -22,12 +22,37 @@ from vision_pipe.errors import (
     did_you_mean,
 )
 from vision_pipe.hookspecs import hookimpl
-from vision_pipe.io import IMAGE_EXTENSIONS, read_image
+from vision_pipe.io import (
+    IMAGE_EXTENSION_LIST,
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_stamp,
+    is_image_file,
+    list_files,
+    list_images,
+    read_image,
+    require_dir,
+    require_file,
+)
 from vision_pipe.results import (
     ClassificationPrediction,
     DetectionPrediction,
     Prediction,
     SegmentationPrediction,
+)
+from vision_pipe.samples import (
+    BOX_TOLERANCE,
+    IGNORE_INDEX,
+    box_problem,
+    check_boxes,
+    check_id,
+    check_image,
+    check_label,
+    check_mask,
+    fmt_box,
 )
 from vision_pipe.stages import (
     KINDS,
@@ -52,8 +77,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BOX_TOLERANCE",
+    "IGNORE_INDEX",
     "IMAGE_EXTENSIONS",
+    "IMAGE_EXTENSION_LIST",
     "KINDS",
+    "SPLITS",
     "TASKS",
     "Backbone",
     "Batch",
@@ -78,9 +107,25 @@ __all__ = [
     "StageContext",
     "StageError",
     "VisionPipeError",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "box_problem",
+    "check_boxes",
+    "check_id",
+    "check_image",
+    "check_label",
+    "check_mask",
     "did_you_mean",
+    "file_stamp",
+    "fmt_box",
     "hookimpl",
+    "is_image_file",
+    "list_files",
+    "list_images",
     "read_image",
+    "require_dir",
+    "require_file",
     "stage",
 ]
 

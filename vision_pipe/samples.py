@@ -1,0 +1,167 @@
+"""The sample contract: what every sample a loader produces must satisfy, checked in one place.
+
+The pre-flight pass (:mod:`vision_pipe.preflight`), the plugin testing kit
+(:mod:`vision_pipe.testing`) and loaders that validate annotations early all
+call these functions, so the rules cannot drift apart:
+
+- ``image``: (H, W, 3) uint8 RGB;
+- ``id``: a str (the file path for files);
+- classification ``label``: an int in [0, num_classes);
+- segmentation ``mask``: (H, W) integer class ids of the image's size, in
+  [0, num_classes) or :data:`IGNORE_INDEX`;
+- detection ``boxes``: (N, 4) finite xyxy pixels with x1 < x2, y1 < y2, inside
+  [0, W] × [0, H] give or take :data:`BOX_TOLERANCE` pixels; ``labels`` (N,)
+  ints in [0, num_classes); optional ``difficult`` (N,) bool.
+
+Every check raises :class:`~vision_pipe.errors.DataError` whose message names
+the sample (its id) and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vision_pipe.errors import DataError
+
+#: The value of a mask pixel that is ignored by loss and metrics.
+IGNORE_INDEX = 255
+#: Pixels a box may reach beyond the image border (it is then clipped): annotation
+#: tools often round a box touching the border to one pixel past it.
+BOX_TOLERANCE = 1.0
+#: How many offending values a message lists.
+_SHOWN = 10
+
+
+def fmt_box(values: Sequence[float]) -> str:
+    """``[10, 20.5, 15, 26]``: numbers without trailing zeros."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def check_image(image: Any, sample_id: str) -> np.ndarray:
+    """Return ``image`` if it is (H, W, 3) uint8; else :class:`DataError` naming the sample."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise DataError(
+            f"{sample_id}: the image is a {desc}; expected an (H, W, 3) uint8 RGB image "
+            "(e.g. np.clip(x * 255, 0, 255).astype(np.uint8))"
+        )
+    return image
+
+
+def check_id(sample_id: Any) -> str:
+    """Return ``sample_id`` if it is a non-empty str; else :class:`DataError`."""
+    if not isinstance(sample_id, str) or not sample_id:
+        raise DataError(f"sample id {sample_id!r}: 'id' must be a non-empty str (e.g. the file path)")
+    return sample_id
+
+
+def check_label(label: Any, num_classes: int, sample_id: str) -> int:
+    """Return ``label`` as an int if it is a class index in [0, num_classes)."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise DataError(f"{sample_id}: the label is {label!r}; expected an int class index")
+    if not 0 <= int(label) < num_classes:
+        raise DataError(f"{sample_id}: label {int(label)} is not a class index (0..{num_classes - 1})")
+    return int(label)
+
+
+def check_mask(mask: Any, size: tuple[int, int], num_classes: int, sample_id: str) -> np.ndarray:
+    """Return ``mask`` if it is (H, W) = ``size`` integer class ids in [0, num_classes) or :data:`IGNORE_INDEX`."""
+    if mask is None:
+        raise DataError(f"{sample_id}: the sample has no mask; a segmentation loader must give every image its mask")
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        shape = getattr(mask, "shape", type(mask).__name__)
+        raise DataError(
+            f"{sample_id}: the mask has shape {shape}; expected (H, W) class ids. An RGB colour mask must be "
+            "converted to class ids (or saved as a palette PNG, whose indices are the class ids)"
+        )
+    if tuple(mask.shape) != tuple(size):
+        raise DataError(
+            f"{sample_id}: the mask is {mask.shape[0]}x{mask.shape[1]} but its image is {size[0]}x{size[1]} "
+            "(height x width); a mask must have its image's size — was it resized or paired with the wrong image?"
+        )
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(f"{sample_id}: the mask has dtype {mask.dtype}; expected integer class ids")
+    values = np.unique(mask)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != IGNORE_INDEX)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:_SHOWN])
+        hint = (
+            f" A binary mask with its foreground saved as {int(bad[0])}? Store class ids (1, not {int(bad[0])})."
+            if bad.size == 1 and set(values.tolist()) <= {0, int(bad[0]), IGNORE_INDEX}
+            else ""
+        )
+        raise DataError(
+            f"{sample_id}: mask values {shown} are not class ids: the pipeline has {num_classes} classes "
+            f"(0..{num_classes - 1}) and {IGNORE_INDEX} means ignore. Declare the missing classes or fix the mask.{hint}"
+        )
+    return mask
+
+
+def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
+    """Why the xyxy pixel ``box`` cannot be used in a ``width`` × ``height`` image, or ``None`` if it can."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return "has NaN or infinite coordinates; fix or remove the annotation"
+    if x2 <= x1 or y2 <= y1:
+        return (
+            "is empty (x2 <= x1 or y2 <= y1). Boxes are corners in pixels; a box given as "
+            "[x, y, width, height] must be converted (x2 = x + width, y2 = y + height)"
+        )
+    tol = BOX_TOLERANCE
+    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
+        return (
+            f"lies outside the {width}x{height} (width x height) image; boxes must satisfy "
+            f"0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height} — are the coordinates normalized, "
+            "or for a differently sized image?"
+        )
+    return None
+
+
+def check_boxes(sample: Mapping[str, Any], size: tuple[int, int], num_classes: int, sample_id: str) -> None:
+    """Check ``boxes`` (N, 4), ``labels`` (N,) and the optional ``difficult`` (N,) of a detection sample."""
+    try:
+        boxes = np.asarray(sample.get("boxes", np.zeros((0, 4))), dtype=np.float64)
+        labels = np.asarray(sample.get("labels", np.zeros(0)))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{sample_id}: boxes must be (N, 4) numbers and labels (N,) ints ({exc})") from exc
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"{sample_id}: boxes have shape {boxes.shape}; expected (N, 4) xyxy pixels")
+    labels = labels.reshape(-1) if labels.ndim <= 1 else labels
+    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{sample_id}: labels must be an (N,) integer array; got {labels.dtype} {labels.shape}")
+    if len(boxes) != len(labels):
+        raise DataError(f"{sample_id}: {len(boxes)} boxes but {len(labels)} labels; give one label per box")
+    height, width = size
+    for i, (box, label) in enumerate(zip(boxes, labels)):
+        where = f"{sample_id}: box {i} [x1, y1, x2, y2] = {fmt_box(box)}"
+        problem = box_problem(box, width, height)
+        if problem:
+            raise DataError(f"{where} {problem}")
+        if not 0 <= int(label) < num_classes:
+            raise DataError(f"{where} has label {int(label)}, not a class index (0..{num_classes - 1})")
+    difficult = sample.get("difficult")
+    if difficult is not None:
+        flags = np.asarray(difficult)
+        if flags.shape != (len(boxes),) or flags.dtype != bool:
+            raise DataError(
+                f"{sample_id}: 'difficult' must be an (N,) = ({len(boxes)},) bool array; got {flags.dtype} {flags.shape}"
+            )
+
+
+__all__ = [
+    "BOX_TOLERANCE",
+    "IGNORE_INDEX",
+    "box_problem",
+    "check_boxes",
+    "check_id",
+    "check_image",
+    "check_label",
+    "check_mask",
+    "fmt_box",
+]
