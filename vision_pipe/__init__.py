@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vision_pipe.classes import RGB, ClassSpec, parse_classes, read_class_file, voc_palette
 from vision_pipe.errors import (
     ChainError,
     ConfigError,
@@ -46,6 +47,7 @@ from vision_pipe.results import (
 from vision_pipe.samples import (
     BOX_TOLERANCE,
     IGNORE_INDEX,
+    box_iou,
     box_problem,
     check_boxes,
     check_id,
@@ -82,11 +84,13 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_EXTENSION_LIST",
     "KINDS",
+    "RGB",
     "SPLITS",
     "TASKS",
     "Backbone",
     "Batch",
     "ChainError",
+    "ClassSpec",
     "ClassificationPrediction",
     "ConfigError",
     "ContractError",
@@ -110,6 +114,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "box_iou",
     "box_problem",
     "check_boxes",
     "check_id",
@@ -123,10 +128,13 @@ __all__ = [
     "is_image_file",
     "list_files",
     "list_images",
+    "parse_classes",
+    "read_class_file",
     "read_image",
     "require_dir",
     "require_file",
     "stage",
+    "voc_palette",
 ]
 
 

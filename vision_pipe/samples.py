@@ -102,23 +102,40 @@ def check_mask(mask: Any, size: tuple[int, int], num_classes: int, sample_id: st
 
 
 def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
-    """Why the xyxy pixel ``box`` cannot be used in a ``width`` × ``height`` image, or ``None`` if it can."""
+    """Why the xyxy pixel ``box`` cannot be used in a ``width`` × ``height`` image, or ``None`` if it can.
+
+    The message completes a sentence that names the box ("box 0 [1, 2, 1, 5] has x2 1 ≤ x1 1 ...").
+    """
     x1, y1, x2, y2 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         return "has NaN or infinite coordinates; fix or remove the annotation"
-    if x2 <= x1 or y2 <= y1:
-        return (
-            "is empty (x2 <= x1 or y2 <= y1). Boxes are corners in pixels; a box given as "
-            "[x, y, width, height] must be converted (x2 = x + width, y2 = y + height)"
-        )
+    convert = (
+        "boxes are corners in pixels; a box given as [x, y, width, height] must be converted "
+        "(x2 = x + width, y2 = y + height)"
+    )
+    if x2 <= x1:
+        return f"has x2 {x2:g} ≤ x1 {x1:g} (no width): {convert}"
+    if y2 <= y1:
+        return f"has y2 {y2:g} ≤ y1 {y1:g} (no height): {convert}"
     tol = BOX_TOLERANCE
     if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
         return (
-            f"lies outside the {width}x{height} (width x height) image; boxes must satisfy "
-            f"0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height} — are the coordinates normalized, "
+            f"lies outside the {width}×{height} image (width × height): boxes must satisfy "
+            f"0 ≤ x1 < x2 ≤ {width} and 0 ≤ y1 < y2 ≤ {height} — are the coordinates normalized, "
             "or for a differently sized image?"
         )
     return None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two xyxy boxes (0 when either is empty)."""
+    ix = max(0.0, min(float(a[2]), float(b[2])) - max(float(a[0]), float(b[0])))
+    iy = max(0.0, min(float(a[3]), float(b[3])) - max(float(a[1]), float(b[1])))
+    inter = ix * iy
+    area_a = max(0.0, float(a[2]) - float(a[0])) * max(0.0, float(a[3]) - float(a[1]))
+    area_b = max(0.0, float(b[2]) - float(b[0])) * max(0.0, float(b[3]) - float(b[1]))
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
 
 
 def check_boxes(sample: Mapping[str, Any], size: tuple[int, int], num_classes: int, sample_id: str) -> None:
@@ -157,6 +174,7 @@ def check_boxes(sample: Mapping[str, Any], size: tuple[int, int], num_classes: i
 __all__ = [
     "BOX_TOLERANCE",
     "IGNORE_INDEX",
+    "box_iou",
     "box_problem",
     "check_boxes",
     "check_id",

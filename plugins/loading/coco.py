@@ -17,16 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vision_pipe import DataError, LoadedData, Loader, StageError, hookimpl, stage
+from vision_pipe import (
+    DataError,
+    LoadedData,
+    Loader,
+    StageError,
+    fmt_box,
+    hookimpl,
+    require_dir,
+    require_file,
+    stage,
+)
 
 from .detection_common import (
     DetectionSource,
     Object,
     Parsed,
     check_task,
-    fmt,
-    require_dir,
-    require_file,
 )
 
 #: What ``crowd`` may say to do with ``iscrowd: 1`` annotations.
@@ -162,10 +169,10 @@ def _bbox(ann: Annotation) -> tuple[list[float] | None, str | None]:
         return None, f"'bbox' {bbox!r} holds a value that is not a number"
     values = [float(v) for v in bbox]
     if not all(math.isfinite(v) for v in values):
-        return None, f"'bbox' {fmt(values)} holds a NaN or infinite value"
+        return None, f"'bbox' {fmt_box(values)} holds a NaN or infinite value"
     if values[2] <= 0 or values[3] <= 0:
         return None, (
-            f"'bbox' {fmt(values)} has width {values[2]:g} and height {values[3]:g}; both must be > 0 "
+            f"'bbox' {fmt_box(values)} has width {values[2]:g} and height {values[3]:g}; both must be > 0 "
             "(a COCO bbox is [x, y, width, height], not [x1, y1, x2, y2])"
         )
     return values, None
@@ -218,7 +225,7 @@ class CocoSource(DetectionSource):
             x, y, w, h = bbox
             box = (x, y, x + w, y + h)
             difficult = ann.iscrowd and self.crowd == "difficult"
-            parsed.append(Object(box, label, difficult, f"{ann.where} (bbox {fmt(bbox)})"))
+            parsed.append(Object(box, label, difficult, f"{ann.where} (bbox {fmt_box(bbox)})"))
         return parsed
 
 

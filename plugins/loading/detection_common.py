@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,20 +24,17 @@ from typing import Any
 import numpy as np
 
 from vision_pipe import (
-    IMAGE_EXTENSIONS,
     DataError,
     Sample,
     SampleSource,
     StageError,
+    box_problem,
+    file_stamp,
+    fmt_box,
     read_image,
 )
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASKS: tuple[str, ...] = ("detection",)
-EXT_LIST = "jpg, jpeg, png, bmp"
-#: Pixels a box may reach past the image border — the pre-flight check's tolerance
-#: (annotation tools often round a box touching the border one pixel past it).
-BORDER_TOLERANCE = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,70 +59,9 @@ def check_task(stage_name: str, task: str) -> None:
         raise StageError(f"loading '{stage_name}': unknown task {task!r}; it serves {', '.join(TASKS)}")
 
 
-def fmt(values: Sequence[float]) -> str:
-    """``[10, 20.5, 15, 26]``: numbers without trailing zeros."""
-    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
-
-
-def box_problem(box: Sequence[float], width: int, height: int) -> str | None:
-    """Why the xyxy pixel box cannot be used in a ``width`` × ``height`` image, or ``None`` if it can.
-
-    The rules are those of the pre-flight check (:class:`vision_pipe.SampleSource`):
-    finite, x1 < x2, y1 < y2, inside [0, width] × [0, height] give or take
-    :data:`BORDER_TOLERANCE` pixels.
-    """
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return "has a NaN or infinite coordinate"
-    if x2 <= x1:
-        return f"has x2 {x2:g} ≤ x1 {x1:g} (no width)"
-    if y2 <= y1:
-        return f"has y2 {y2:g} ≤ y1 {y1:g} (no height)"
-    tol = BORDER_TOLERANCE
-    if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
-        return f"lies outside the {width}×{height} image (it must lie within x ∈ [0, {width}], y ∈ [0, {height}])"
-    return None
-
-
-def images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively; hidden files and folders skipped), sorted."""
-    found = []
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder).parts
-        if path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in rel) and path.is_file():
-            found.append(path)
-    return sorted(found)
-
-
-def file_stamp(path: Path) -> str:
-    """``"size mtime_ns"`` of a file, or ``"missing"`` (a fingerprint must not fail on a sample the
-    pre-flight pass may skip)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size} {st.st_mtime_ns}"
-
-
-def require_dir(path: Path, what: str, fix: str) -> None:
-    """DataError naming ``path`` unless it is an existing folder."""
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist: {fix}")
-    if not path.is_dir():
-        raise DataError(f"{what} {path} is not a folder: {fix}")
-
-
-def require_file(path: Path, what: str, fix: str) -> None:
-    """DataError naming ``path`` unless it is an existing file."""
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist: {fix}")
-    if not path.is_file():
-        raise DataError(f"{what} {path} is not a file: {fix}")
-
-
 def _box_message(obj: Object, width: int, height: int) -> str | None:
     problem = box_problem(obj.box, width, height)
-    return f"{obj.where}: box (x1, y1, x2, y2) = {fmt(obj.box)} {problem}" if problem else None
+    return f"{obj.where}: box (x1, y1, x2, y2) = {fmt_box(obj.box)} {problem}" if problem else None
 
 
 class DetectionSource(SampleSource, ABC):

@@ -13,52 +13,36 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
 from vision_pipe import (
-    IMAGE_EXTENSIONS,
+    IMAGE_EXTENSION_LIST,
+    SPLITS,
     DataError,
     LoadedData,
     Loader,
     Sample,
     SampleSource,
     StageError,
+    file_stamp,
     hookimpl,
+    list_images,
     read_image,
+    require_dir,
     stage,
 )
-
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-_EXT_LIST = "jpg, jpeg, png, bmp"
-
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, hidden files and folders skipped), sorted."""
-    found = []
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder).parts
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not any(p.startswith(".") for p in rel):
-            found.append(path)
-    return sorted(found)
-
-
 def _class_folders(root: Path) -> list[Path]:
     """The class sub-folders of ``root``, sorted by name; DataError if there are none."""
-    if not root.exists():
-        raise DataError(f"image folder {root} does not exist: check the loading stage's 'root' parameter")
-    if not root.is_dir():
-        raise DataError(
-            f"image folder {root} is not a directory: 'root' must be a folder with one sub-folder per class"
-        )
+    require_dir(root, "image folder", "'root' must be a folder with one sub-folder per class")
     folders = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
     if not folders:
-        loose = "it holds images directly; " if _images_under(root) else ""
+        loose = "it holds images directly; " if list_images(root) else ""
         raise DataError(
             f"image folder {root} has no class folders: {loose}put the images of each class "
-            f"into {root}/<class name>/ ({_EXT_LIST})"
+            f"into {root}/<class name>/ ({IMAGE_EXTENSION_LIST})"
         )
     return folders
 
@@ -82,12 +66,8 @@ class ImageFolderSource(SampleSource):
     def fingerprint(self) -> str:
         digest = hashlib.sha256("\n".join(self.class_names).encode())
         for path in self.paths:
-            try:
-                st = Path(path).stat()
-            except OSError as err:
-                raise DataError(f"cannot read image {path}: file is missing ({err})") from err
             rel = Path(path).relative_to(self.root).as_posix()
-            digest.update(f"\n{rel}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+            digest.update(f"\n{rel}\t{file_stamp(Path(path))}".encode())
         return digest.hexdigest()
 
 
@@ -108,10 +88,10 @@ class ImageFolder(Loader):
                     f"class folder {class_dir} is not a class of {self.root / 'train'} "
                     f"(classes: {', '.join(class_names)}): rename or remove it, or add it to train/"
                 )
-            images = _images_under(class_dir)
+            images = list_images(class_dir)
             if not images:
                 raise DataError(
-                    f"class folder {class_dir} contains no images ({_EXT_LIST}): add images or remove the folder"
+                    f"class folder {class_dir} contains no images ({IMAGE_EXTENSION_LIST}): add images or remove the folder"
                 )
             paths += [str(p) for p in images]
             labels += [class_names.index(class_dir.name)] * len(images)

@@ -36,131 +36,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from vision_pipe import (
-    IMAGE_EXTENSIONS,
+    IGNORE_INDEX,
+    IMAGE_EXTENSION_LIST,
+    SPLITS,
+    RGB,
+    ClassSpec,
     DataError,
     LoadedData,
     Loader,
     Sample,
     SampleSource,
     StageError,
+    file_stamp,
     hookimpl,
+    is_image_file,
+    list_files,
+    parse_classes,
+    read_class_file,
     read_image,
+    require_dir,
     stage,
+    voc_palette,
 )
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-IGNORE = 255  #: the ignore value of the :class:`~vision_pipe.Sample` contract
-_EXT_LIST = "jpg, jpeg, png, bmp"
 _MAX_LISTED = 5  #: examples listed in an error message
-RGB = tuple[int, int, int]
-
-
-# ----------------------------------------------------------------------------
-# Classes: names and colours
-# ----------------------------------------------------------------------------
-
-
-def default_colors(n: int) -> list[RGB]:
-    """The Pascal VOC colour map: colour of class ``i`` from the bits of ``i`` (0 → black)."""
-    colors = []
-    for i in range(n):
-        rgb = [0, 0, 0]
-        c = i
-        for j in range(8):
-            for k in range(3):
-                rgb[k] |= ((c >> k) & 1) << (7 - j)
-            c >>= 3
-        colors.append((rgb[0], rgb[1], rgb[2]))
-    return colors
-
-
-@dataclass(frozen=True)
-class ClassSpec:
-    """Class names by id, and a colour per class where one was given."""
-
-    names: list[str]
-    colors: list[RGB | None]
-
-
-def _color(value: Any, where: str) -> RGB:
-    """``[r, g, b]`` (0..255) or ``"#rrggbb"`` → (r, g, b)."""
-    if isinstance(value, str) and len(value) == 7 and value.startswith("#"):
-        try:
-            return (int(value[1:3], 16), int(value[3:5], 16), int(value[5:7], 16))
-        except ValueError:
-            pass
-    elif (
-        isinstance(value, (list, tuple))
-        and len(value) == 3
-        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
-    ):
-        return (value[0], value[1], value[2])
-    raise DataError(f"{where}: colour {value!r} is not [r, g, b] with 0..255 integers or '#rrggbb'")
-
-
-def _class_entry(value: Any, where: str) -> tuple[str, RGB | None]:
-    """A class entry: ``name`` or ``{name: ..., color: ...}``."""
-    if isinstance(value, str) and value.strip():
-        return value.strip(), None
-    if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"].strip():
-        unknown = set(value) - {"name", "color"}
-        if unknown:
-            raise DataError(f"{where}: unknown key(s) {sorted(unknown)}; a class has 'name' and optionally 'color'")
-        color = _color(value["color"], where) if value.get("color") is not None else None
-        return value["name"].strip(), color
-    raise DataError(f"{where}: {value!r} is not a class name or a {{name: ..., color: [r, g, b]}} mapping")
-
-
-def _class_id(key: Any, where: str) -> int:
-    if isinstance(key, int) and not isinstance(key, bool):
-        return key
-    if isinstance(key, str) and key.strip().isdigit():
-        return int(key)
-    raise DataError(f"{where}: key {key!r} is not a class id (0, 1, 2, ...)")
-
-
-def parse_classes(data: Any, where: str) -> ClassSpec:
-    """Classes from a list (index = id) or a mapping id → entry; each entry a name or ``{name, color}``.
-
-    ``where`` names the source in error messages. Ids must be 0..n-1, names unique.
-    """
-    example = "e.g. [background, cat, dog] or {0: background, 1: {name: cat, color: [255, 0, 0]}}"
-    if isinstance(data, list):
-        entries = [_class_entry(v, f"{where}: entry {i}") for i, v in enumerate(data)]
-    elif isinstance(data, dict):
-        by_id = {_class_id(k, where): v for k, v in data.items()}
-        missing = sorted(set(range(len(by_id))) - set(by_id))
-        if missing:
-            raise DataError(
-                f"{where}: class ids must be 0..{len(by_id) - 1} without gaps; missing {missing}, "
-                f"given {sorted(by_id)}"
-            )
-        entries = [_class_entry(by_id[i], f"{where}: class {i}") for i in range(len(by_id))]
-    else:
-        raise DataError(f"{where}: expected a list of class names or a mapping id → name ({example})")
-    if not entries:
-        raise DataError(f"{where}: no classes ({example})")
-    names = [name for name, _ in entries]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise DataError(f"{where}: class name(s) {twice} appear more than once")
-    return ClassSpec(names, [color for _, color in entries])
-
-
-def read_classes_file(path: Path) -> ClassSpec:
-    """A classes file: JSON for ``.json``, YAML otherwise (see :func:`parse_classes`)."""
-    if not path.is_file():
-        raise DataError(f"classes file {path} does not exist: check the loading stage's 'classes' parameter")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read classes file {path}: {exc}") from exc
-    return parse_classes(data, f"classes file {path}")
 
 
 # ----------------------------------------------------------------------------
@@ -182,7 +84,7 @@ class MaskReader:
     known colours and the raw id of each (the ignore colour gives ``ignore_value``).
     """
 
-    ignore_value: int = IGNORE
+    ignore_value: int = IGNORE_INDEX
     colors: np.ndarray | None = None  # (K,) int64, sorted
     color_ids: np.ndarray | None = None  # (K,) int64
 
@@ -190,13 +92,13 @@ class MaskReader:
         """The mask at ``path`` as (H, W) int64 ids; :class:`DataError` naming the file when it cannot be."""
         raw = self._decode(path)
         mask = raw.astype(np.int64)
-        if self.ignore_value != IGNORE:
-            if (mask == IGNORE).any():
+        if self.ignore_value != IGNORE_INDEX:
+            if (mask == IGNORE_INDEX).any():
                 raise DataError(
-                    f"mask {path} has pixels of value {IGNORE}, which the pipeline reserves for 'ignore', but "
-                    f"ignore_value is {self.ignore_value}: relabel those pixels, or set ignore_value: {IGNORE}"
+                    f"mask {path} has pixels of value {IGNORE_INDEX}, which the pipeline reserves for 'ignore', but "
+                    f"ignore_value is {self.ignore_value}: relabel those pixels, or set ignore_value: {IGNORE_INDEX}"
                 )
-            mask[mask == self.ignore_value] = IGNORE
+            mask[mask == self.ignore_value] = IGNORE_INDEX
         return mask
 
     def _decode(self, path: Path) -> np.ndarray:
@@ -282,20 +184,8 @@ class Pair:
     origin: str = ""
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """Files below ``folder`` (recursively, hidden ones skipped), sorted."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
-
-
 def _require_dir(folder: Path, param: str) -> None:
-    if not folder.exists():
-        raise DataError(f"{param} folder {folder} does not exist: check the loading stage's '{param}' parameter")
-    if not folder.is_dir():
-        raise DataError(f"{param} folder {folder} is not a directory: '{param}' must be a folder")
+    require_dir(folder, f"{param} folder", f"check the loading stage's '{param}' parameter")
 
 
 @dataclass
@@ -315,8 +205,8 @@ class FolderIndex:
         _require_dir(masks_dir, "masks")
         index = cls(images_dir, masks_dir, mask_suffix)
         same = images_dir.resolve() == masks_dir.resolve()
-        for path in _files_under(images_dir):
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or (same and path.name.endswith(mask_suffix)):
+        for path in list_files(images_dir):
+            if not is_image_file(path) or (same and path.name.endswith(mask_suffix)):
                 continue
             key = path.relative_to(images_dir).with_suffix("").as_posix()
             if key in index.images:
@@ -325,7 +215,7 @@ class FolderIndex:
                     "rename or remove one of them"
                 )
             index.images[key] = path
-        index.mask_files = {p.relative_to(masks_dir).as_posix() for p in _files_under(masks_dir)}
+        index.mask_files = {p.relative_to(masks_dir).as_posix() for p in list_files(masks_dir)}
         return index
 
     def mask_of(self, key: str) -> Path:
@@ -337,7 +227,7 @@ class FolderIndex:
     def pairs(self) -> list[Pair]:
         """Every image with its mask path, sorted by key; DataError when there are no images or no masks match."""
         if not self.images:
-            raise DataError(f"images folder {self.images_dir} contains no images ({_EXT_LIST})")
+            raise DataError(f"images folder {self.images_dir} contains no images ({IMAGE_EXTENSION_LIST})")
         if not any(self.has_mask(k) for k in self.images):
             key = next(iter(sorted(self.images)))
             seen = ", ".join(sorted(self.mask_files)[:_MAX_LISTED]) or "nothing"
@@ -361,7 +251,7 @@ class FolderIndex:
             key = line.split("#", 1)[0].strip()
             if not key:
                 continue
-            if key not in self.images and Path(key).suffix.lower() in IMAGE_EXTENSIONS:
+            if key not in self.images and is_image_file(Path(key)):
                 key = Path(key).with_suffix("").as_posix()  # the line gave the file name
             pairs.append(Pair(key, self.images.get(key), self.mask_of(key), f"{list_file}:{number}"))
         if not pairs:
@@ -390,7 +280,7 @@ class MaskFolderSource(SampleSource):
         pair = self.pairs[index]
         if pair.image is None:
             raise DataError(
-                f"{pair.origin}: names {pair.key!r}, but there is no image {pair.key}.<{_EXT_LIST}> in the "
+                f"{pair.origin}: names {pair.key!r}, but there is no image {pair.key}.<{IMAGE_EXTENSION_LIST}> in the "
                 "images folder: add the image or remove the line"
             )
         if not pair.mask.is_file():
@@ -410,17 +300,8 @@ class MaskFolderSource(SampleSource):
         }
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
         for pair in self.pairs:
-            digest.update(f"\n{pair.key}\t{_stat(pair.image)}\t{_stat(pair.mask)}".encode())
+            digest.update(f"\n{pair.key}\t{file_stamp(pair.image)}\t{file_stamp(pair.mask)}".encode())
         return digest.hexdigest()
-
-
-def _stat(path: Path | None) -> str:
-    """``size:mtime_ns`` of a file, ``-`` when it is missing (the pre-flight check reports it)."""
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        st = None
-    return f"{st.st_size}:{st.st_mtime_ns}" if st else "-"
 
 
 @dataclass(frozen=True)
@@ -490,7 +371,7 @@ class MaskFolder(Loader):
         """Class names and a colour per class: given colours, else the palette's, else VOC's colour map."""
         cfg = self.cfg
         if isinstance(cfg.classes, Path):
-            spec = read_classes_file(cfg.classes)
+            spec = read_class_file(cfg.classes)
         elif cfg.classes is not None:
             spec = parse_classes(list(cfg.classes), "'classes'")
         elif cfg.num_classes is not None:
@@ -515,7 +396,7 @@ class MaskFolder(Loader):
                 f"ignore_value {cfg.ignore_value} is the id of class {spec.names[cfg.ignore_value]!r}: "
                 f"choose an ignore_value ≥ {n} (the number of classes)"
             )
-        fallback = default_colors(n)
+        fallback = voc_palette(n)
         colors = [
             given or (palette[i] if palette is not None and i < len(palette) else fallback[i])
             for i, given in enumerate(spec.colors)

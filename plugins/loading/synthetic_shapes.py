@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from vision_pipe import LoadedData, Loader, Sample, SampleSource, StageError, hookimpl, stage
+from vision_pipe import LoadedData, Loader, Sample, SampleSource, StageError, box_iou, hookimpl, stage
 
 #: Bumped whenever the drawing changes, so cached fingerprints change too.
 GENERATOR_VERSION = 1
@@ -76,14 +76,6 @@ def _draw_mask(cfg: ShapesConfig, shape: str, rng: np.random.Generator) -> np.nd
     return mask
 
 
-def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
-    """IoU of two xyxy boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
     """A random RGB colour (3,) whose mean abs difference to ``background`` is ≥ MIN_CONTRAST."""
     candidates = rng.integers(0, 256, (8, 3))
@@ -126,7 +118,7 @@ def render(cfg: ShapesConfig, index: int, num_objects: int | None = None) -> Sce
             mask = _draw_mask(cfg, cfg.shapes[cls], rng).view(bool)
             x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
             box = (x, y, x + w, y + h)
-            if w == 0 or any(_iou(box, other) > MAX_BOX_IOU for other in scene.boxes):
+            if w == 0 or any(box_iou(box, other) > MAX_BOX_IOU for other in scene.boxes):
                 continue
             lost = np.bincount(owner[mask] + 1, minlength=len(areas) + 1)[1:]
             if np.all(visible - lost >= MIN_VISIBLE * np.array(areas)):

@@ -16,24 +16,24 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from vision_pipe import (
-    IMAGE_EXTENSIONS,
+    SPLITS,
     DataError,
     LoadedData,
     Loader,
     StageError,
     did_you_mean,
+    fmt_box,
     hookimpl,
+    list_images,
+    require_dir,
     stage,
 )
 
 from .detection_common import (
-    SPLITS,
     DetectionSource,
     Object,
     Parsed,
     check_task,
-    fmt,
-    require_dir,
 )
 
 #: The 20 Pascal VOC classes, in the devkit's order (label i = VOC_CLASSES[i]).
@@ -159,7 +159,7 @@ class VocSource(DetectionSource):
             return f"{where}: <bndbox> lacks a number in <{'>, <'.join(missing)}>: give xmin, ymin, xmax, ymax"
         xmin, ymin, xmax, ymax = (float(v) for v in values if v is not None)
         box = (xmin - 1, ymin - 1, xmax, ymax) if self.one_based else (xmin, ymin, xmax, ymax)
-        shown = fmt((xmin, ymin, xmax, ymax))
+        shown = fmt_box((xmin, ymin, xmax, ymax))
         return Object(box, self.classes.index(name), difficult_text == "1", f"{where} (bndbox {shown})")
 
     def parse(self, index: int, width: int, height: int) -> Parsed:
@@ -186,9 +186,8 @@ class Voc(Loader):
         """Image id (file stem) → path, from one listing of ``JPEGImages/``."""
         folder = self.root / "JPEGImages"
         found: dict[str, Path] = {}
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith("."):
-                found.setdefault(path.stem, path)
+        for path in list_images(folder, recursive=False):
+            found.setdefault(path.stem, path)
         return found
 
     def load(self, task: str) -> LoadedData:

@@ -18,20 +18,25 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vision_pipe import DataError, LoadedData, Loader, hookimpl, stage
+from vision_pipe import (
+    IMAGE_EXTENSION_LIST,
+    DataError,
+    LoadedData,
+    Loader,
+    fmt_box,
+    hookimpl,
+    list_images,
+    read_class_file,
+    require_dir,
+    require_file,
+    stage,
+)
 
 from .detection_common import (
-    EXT_LIST,
     DetectionSource,
     Object,
     Parsed,
     check_task,
-    fmt,
-    images_under,
-    require_dir,
-    require_file,
 )
 
 #: Split folder names below ``images/`` (the first one present is used), by split.
@@ -44,51 +49,12 @@ _CLASSES_FIX = "a text file with one class name per line, or a data YAML with 'n
 # ----------------------------------------------------------------------------
 
 
-def _yaml_names(path: Path) -> list[Any]:
-    """The ``names`` of a data YAML, as a list (a ``{0: a, 1: b}`` dict must number 0..C-1)."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise DataError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)}): fix the file") from exc
-    names = data.get("names") if isinstance(data, dict) else None
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise DataError(f"{path}: the keys of 'names' are {sorted(names, key=str)}; they must be 0, 1, ..., C-1")
-        return [names[i] for i in range(len(names))]
-    if not isinstance(names, list):
-        raise DataError(f"{path}: no 'names:' list or dict; the classes file must be {_CLASSES_FIX}")
-    return names
-
-
-def _text_names(path: Path) -> list[str]:
-    """One name per line; blank lines at the end are ignored, blank lines between names are an error."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    for n, line in enumerate(lines, start=1):
-        if not line:
-            raise DataError(
-                f"{path}:{n}: empty line: line i names class i-1, so every line up to the last must name a class"
-            )
-    return lines
-
-
 def read_classes(path: Path) -> list[str]:
-    """The class names of a YOLO classes file (``.txt``: one per line; ``.yaml``/``.yml``: ``names:``)."""
-    require_file(path, "YOLO classes file", f"set the loading stage's 'classes' parameter to {_CLASSES_FIX}")
-    try:
-        names = _yaml_names(path) if path.suffix.lower() in (".yaml", ".yml") else _text_names(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read YOLO classes file {path}: {exc}") from exc
-    if not names or not all(isinstance(n, (str, int)) and str(n).strip() for n in names):
-        raise DataError(f"{path}: no class names, or an empty one ({names!r}): it must be {_CLASSES_FIX}")
-    names = [str(n).strip() for n in names]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise DataError(f"{path}: class name(s) {twice} appear more than once: give each class one line")
-    return names
+    """The class names of a YOLO classes file (one per line, or a data YAML with ``names:``)."""
+    spec = read_class_file(
+        path, what="YOLO classes file", fix=f"set the loading stage's 'classes' parameter to {_CLASSES_FIX}"
+    )
+    return spec.names
 
 
 # ----------------------------------------------------------------------------
@@ -139,7 +105,7 @@ class YoloSource(DetectionSource):
                 f"if they are pixels, divide cx and w by {width}, cy and h by {height}"
             )
         box = ((cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
-        return Object(box, int(cls), False, f"line {n} (cx cy w h {fmt((cx, cy, w, h))})")
+        return Object(box, int(cls), False, f"line {n} (cx cy w h {fmt_box((cx, cy, w, h))})")
 
     def parse(self, index: int, width: int, height: int) -> Parsed:
         parsed: Parsed = []
@@ -180,7 +146,7 @@ def _split_folders(images: Path) -> dict[str, Path]:
         folder = next((images / n for n in names if (images / n).is_dir()), None)
         if folder is not None:
             found[split] = folder
-    stray = [p for p in images_under(images) if not any(p.is_relative_to(f) for f in found.values())]
+    stray = [p for p in list_images(images) if not any(p.is_relative_to(f) for f in found.values())]
     if stray:
         raise DataError(
             f"YOLO images folder {images} has split folders (train/) and images outside them "
@@ -212,9 +178,9 @@ class Yolo(Loader):
         labels_root = self._labels_root()
         splits = {}
         for split, folder in _split_folders(self.images).items():
-            images = images_under(folder)
+            images = list_images(folder)
             if not images:
-                raise DataError(f"YOLO images folder {folder} holds no images ({EXT_LIST}): add images")
+                raise DataError(f"YOLO images folder {folder} holds no images ({IMAGE_EXTENSION_LIST}): add images")
             labels = [(labels_root / p.relative_to(self.images)).with_suffix(".txt") for p in images]
             splits[split] = YoloSource(images, labels, names, self.classes)
         existing = set(labels_root.rglob("*.txt")) if labels_root.is_dir() else set()

@@ -197,7 +197,7 @@ def test_missing_root(tmp_path: Path) -> None:
 
 def test_root_is_a_file(tmp_path: Path) -> None:
     path = write(tmp_path / "one.png")
-    with pytest.raises(DataError, match="one.png is not a directory"):
+    with pytest.raises(DataError, match="one.png is not a folder"):
         load(path)
 
 

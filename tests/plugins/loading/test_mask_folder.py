@@ -14,7 +14,8 @@ from PIL import Image
 
 from vision_pipe import DataError, LoadedData, Loader, StageError
 from vision_pipe_plugins.loading import mask_folder as plugin
-from vision_pipe_plugins.loading.mask_folder import default_colors, mask_folder
+from vision_pipe import voc_palette as default_colors
+from vision_pipe_plugins.loading.mask_folder import mask_folder
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "tests" / "assets" / "segmentation"
@@ -207,7 +208,7 @@ def test_unknown_classes_are_an_error_asking_for_them(masks: Path) -> None:
         ("{0: [1, 2]}", "not a class name"),
         ("[bg, {name: cat, colour: [1, 2, 3]}]", "unknown key"),
         ("bg: 0\n", "not a class id"),
-        ("[unclosed", "cannot read"),
+        ("[unclosed", r"classes.yaml:1: invalid YAML"),
         ("just a string", "expected a list"),
     ],
 )

@@ -264,7 +264,7 @@ def test_non_numeric_coordinate(root: Path) -> None:
 
 def test_nan_coordinate(root: Path) -> None:
     edit_xml(root, "000001", "<xmin>11</xmin>", "<xmin>nan</xmin>")
-    assert "object 1 ('dog') (bndbox [nan, 21, 15, 26]): box (x1, y1, x2, y2) = [nan, 20, 15, 26] has a NaN" in (
+    assert "object 1 ('dog') (bndbox [nan, 21, 15, 26]): box (x1, y1, x2, y2) = [nan, 20, 15, 26] has NaN" in (
         bad_sample(root)
     )
 

@@ -171,8 +171,8 @@ def test_classes_txt_trailing_blank_lines(tmp_path: Path) -> None:
         ("c.txt", "a\n\nb\n", r"c\.txt:2: empty line"),
         ("c.txt", "a\nb\na\n", r"class name\(s\) \['a'\] appear more than once"),
         ("c.txt", "\n", "no class names"),
-        ("d.yaml", "names: {0: a, 2: b}\n", r"keys of 'names' are \[0, 2\]; they must be 0, 1, \.\.\., C-1"),
-        ("d.yaml", "train: images/train\n", "no 'names:' list or dict"),
+        ("d.yaml", "names: {0: a, 2: b}\n", r"'names': class ids must be 0, 1, \.\.\., C-1 without gaps; given \[0, 2\], missing \[1\]"),
+        ("d.yaml", "train: images/train\n", "key 'train' is not a class id .* or a mapping with 'names:'"),
         ("d.yaml", "names: [a, b\nnc: 2\n", r"d\.yaml:\d+: invalid YAML"),
     ],
 )
