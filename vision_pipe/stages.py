@@ -24,7 +24,7 @@ Samples are plain dicts (see :class:`Sample`); batches are dicts of tensors
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
@@ -208,7 +208,7 @@ class LoadedData:
     """
 
     class_names: list[str]
-    splits: dict[str, SampleSource]
+    splits: Mapping[str, SampleSource]
     class_colors: list[tuple[int, int, int]] | None = None
 
 
