@@ -5,7 +5,13 @@
   only the public API of ``vision_pipe`` (``from vision_pipe import X`` with X in
   ``vision_pipe.__all__``), exactly as a third-party plugin would;
 - every built-in plugin is registered through the ``vision_pipe.plugins``
-  entry-point group declared in ``pyproject.toml`` — and nothing else.
+  entry-point group declared in ``pyproject.toml`` — and nothing else;
+- inside the framework, what modules import when they are imported forms no
+  cycle, the foundation modules (errors, contracts, IO, the sample contract)
+  import nothing above them, only the CLI imports the ``Pipeline`` façade, and
+  core modules import each other by module, never through the package's
+  public ``__init__``;
+- every module opens with a docstring.
 
 The checkers are pure functions over source text; ``test_checkers_*`` feed them
 known-bad code so that a checker that silently finds nothing is itself caught.
@@ -230,6 +236,188 @@ def test_every_package_is_listed_for_setuptools() -> None:
     packages = ["vision_pipe"] + [module_name(p) for p in inits]
     missing = sorted(set(packages) - listed)
     assert missing == [], f"packages not listed in [tool.setuptools] packages of pyproject.toml: {missing}"
+
+
+# ----------------------------------------------------------------------------
+# Layers inside the framework
+# ----------------------------------------------------------------------------
+
+#: Modules every other one may build on; they import only each other (and not all of them).
+FOUNDATION = {
+    "vision_pipe.errors",
+    "vision_pipe.io",
+    "vision_pipe.samples",
+    "vision_pipe.classes",
+    "vision_pipe.stages",
+    "vision_pipe.results",
+    "vision_pipe.hookspecs",
+}
+#: Who may import the façade at import time (the package's __init__ imports it lazily).
+FACADE = "vision_pipe.pipeline"
+FACADE_USERS = {"vision_pipe.cli"}
+
+
+def core_module_name(path: Path) -> str:
+    """``vision_pipe/tasks/detection.py`` → ``vision_pipe.tasks.detection``."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(node: ast.stmt) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _import_time_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Statements run when the module is imported: the top level and its try/if blocks
+    (not function bodies, not ``if TYPE_CHECKING:``)."""
+    for node in body:
+        if _is_type_checking(node):
+            continue
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            yield from _import_time_statements(node.body)
+            yield from _import_time_statements(node.orelse)
+            for handler in getattr(node, "handlers", []):
+                yield from _import_time_statements(handler.body)
+
+
+def import_time_edges(module: str, source: str, modules: set[str]) -> tuple[set[str], list[str]]:
+    """The framework modules ``module`` imports when it is imported, and its imports of
+    ``vision_pipe``'s public namespace (``from vision_pipe import X`` with X not a module)."""
+    package = module if module in {m for m in modules if any(o.startswith(m + ".") for o in modules)} else module.rpartition(".")[0]
+    edges: set[str] = set()
+    through_init: list[str] = []
+    for node in _import_time_statements(ast.parse(source).body):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+            names: list[str] = []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [base]
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for target in targets:
+            if target not in modules and target != "vision_pipe":
+                continue
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+            edges.update(submodules)
+            if target == "vision_pipe" and len(submodules) < len(names):
+                through_init.append(f"line {node.lineno}: from vision_pipe import {', '.join(names)}")
+            elif target != "vision_pipe" and len(submodules) < max(1, len(names)):
+                edges.add(target)
+    edges.discard(module)
+    return edges, through_init
+
+
+def core_graph() -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+    files = {core_module_name(p): p for p in _py_files(FRAMEWORK_DIR)}
+    modules = set(files)
+    graph: dict[str, set[str]] = {}
+    through_init: dict[str, list[str]] = {}
+    for module, path in files.items():
+        edges, via_init = import_time_edges(module, path.read_text("utf-8"), modules)
+        graph[module] = edges - {"vision_pipe"}
+        if via_init and module != "vision_pipe":
+            through_init[module] = via_init
+    return graph, through_init
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` as a path (first = last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_core_imports_form_no_cycle() -> None:
+    graph, _ = core_graph()
+    assert len(graph) > 15, sorted(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import-time cycle between framework modules: " + " -> ".join(cycle or [])
+
+
+def test_foundation_modules_import_only_the_foundation() -> None:
+    graph, _ = core_graph()
+    offenders = {m: sorted(graph[m] - FOUNDATION) for m in FOUNDATION if graph.get(m, set()) - FOUNDATION}
+    assert offenders == {}, f"foundation modules importing higher layers: {offenders}"
+
+
+def test_only_the_cli_imports_the_facade() -> None:
+    graph, _ = core_graph()
+    users = sorted(m for m, edges in graph.items() if FACADE in edges and m not in FACADE_USERS)
+    assert users == [], f"modules importing {FACADE} at import time (the façade is the top layer): {users}"
+
+
+def test_core_modules_do_not_import_through_the_public_init() -> None:
+    _, through_init = core_graph()
+    assert through_init == {}, (
+        "framework modules must import the module that defines a name (`from vision_pipe.io import x`), "
+        f"not the package namespace: {through_init}"
+    )
+
+
+def test_every_module_opens_with_a_docstring() -> None:
+    missing = [
+        _rel(p)
+        for p in [*_py_files(FRAMEWORK_DIR), *_py_files(PLUGINS_DIR)]
+        if p.read_text("utf-8").strip() and ast.get_docstring(ast.parse(p.read_text("utf-8"))) is None
+    ]
+    assert missing == [], f"modules without a docstring saying what they own: {missing}"
+
+
+def test_checkers_find_import_time_edges_and_cycles() -> None:
+    modules = {"vision_pipe", "vision_pipe.a", "vision_pipe.b", "vision_pipe.tasks", "vision_pipe.tasks.c"}
+    source = """
+from vision_pipe.b import x
+from vision_pipe import tasks
+from vision_pipe import Pipeline
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from vision_pipe.tasks import c
+try:
+    import vision_pipe.tasks.c
+except ImportError:
+    pass
+def f():
+    from vision_pipe.a import y
+"""
+    edges, via_init = import_time_edges("vision_pipe.a", source, modules)
+    assert edges == {"vision_pipe.b", "vision_pipe.tasks", "vision_pipe.tasks.c"}, edges
+    assert via_init == ["line 4: from vision_pipe import Pipeline"], via_init
+    rel, _ = import_time_edges("vision_pipe.tasks.c", "from .base import T\nfrom ..io import z\n", modules | {"vision_pipe.tasks.base", "vision_pipe.io"})
+    assert rel == {"vision_pipe.tasks.base", "vision_pipe.io"}, rel
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 # ----------------------------------------------------------------------------
