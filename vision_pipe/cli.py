@@ -7,6 +7,9 @@
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
 
+Flags may come before, between or after the positionals and ``key=value``
+overrides (``~key`` deletes a key, ``key={...}`` replaces a mapping).
+
 Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
 printed as one message naming the file / key / stage, with exit status 2.
 """

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.errors import ConfigError, StageError, did_you_mean
 
-
 # ----------------------------------------------------------------------------
 # Schema
 # ----------------------------------------------------------------------------

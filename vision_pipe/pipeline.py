@@ -23,18 +23,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 
 from vision_pipe.build import CheckpointClasses, build_pipeline
 from vision_pipe.cache import fit_normalizer
 from vision_pipe.config import PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
-from vision_pipe.data import PipelineDataModule, collate, transform_sample
+from vision_pipe.data import PipelineDataModule
 from vision_pipe.distributed import wait_for_rank_zero
-from vision_pipe.errors import DataError, VisionPipeError
+from vision_pipe.errors import VisionPipeError
 from vision_pipe.finetune import read_checkpoint
-from vision_pipe.io import read_image
 from vision_pipe.plugins import PluginManager
+from vision_pipe.predict import LazyImages, predict_batches
 from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import write_predictions
@@ -298,34 +297,13 @@ class Pipeline:
             self.load_checkpoint(ckpt)
         items = list(inputs)
         self.manager.hook.vision_pipe_before_predict(pipeline=self, inputs=items)
-        results = self._predict(items, batch_size or self.config.data.batch_size)
+        size, batch = self.config.data.input_size, batch_size or self.config.data.batch_size
+        results = predict_batches(self.module, items, size, batch, self.class_names)
         if out is not None:
             names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
-            images = _LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
+            images = LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
             write_predictions(images, results, out, names, self.class_colors)
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
-        return results
-
-    def _predict(self, items: list[Any], batch_size: int) -> list[Prediction]:
-        from vision_pipe.data import build_transform
-
-        # no targets at prediction: a detection Compose would demand bboxes and labels
-        size = self.config.data.input_size
-        transform = build_transform("prediction", size, [])
-        module = self.module
-        device = next(module.parameters()).device
-        was_training = module.training
-        module.eval()
-        results: list[Prediction] = []
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(items), batch_size):
-                    chunk = [_predict_sample(i, items[i]) for i in range(start, min(start + batch_size, len(items)))]
-                    batch = collate([transform_sample(s, "prediction", transform, size) for s in chunk])
-                    outputs = module(batch["image"].to(device))
-                    results.extend(module.head.decode(outputs, batch, self.class_names))
-        finally:
-            module.train(was_training)
         return results
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -338,32 +316,6 @@ class Pipeline:
         except RuntimeError as exc:
             raise VisionPipeError(f"{path}: the checkpoint does not fit this pipeline's model: {exc}") from exc
         self._normalizer_fitted = True
-
-
-def _predict_sample(i: int, item: Any) -> dict[str, Any]:
-    """A predict input (a path or an array) as a sample: ``{"image": (H, W, 3) uint8 RGB, "id": ...}``."""
-    if not isinstance(item, np.ndarray):
-        return {"image": read_image(item), "id": str(item)}
-    image = item if item.ndim != 2 else np.repeat(item[:, :, None], 3, axis=2)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(
-            f"predict input {i}: an array of shape {item.shape} and dtype {item.dtype}; "
-            "expected an (H, W, 3) uint8 RGB image (or an (H, W) grey one)"
-        )
-    return {"image": image, "id": f"array:{i}"}
-
-
-class _LazyImages(Sequence[np.ndarray]):
-    """The predict inputs as images, decoded when indexed."""
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
-        return _predict_sample(i, self.items[i])["image"]
 
 
 __all__ = ["Pipeline"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vision_pipe import ChainError, ConfigError, Pipeline, VisionPipeError
-from vision_pipe.config_files import apply_overrides, load_yaml_with_bases, Locations
+from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 
 
 def _line_of(path: Path, text: str) -> int:
