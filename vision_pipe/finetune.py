@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -92,11 +92,14 @@ def apply_weights_and_freeze(backbone: nn.Module, spec: dict[str, Any], where: s
     freeze(backbone, spec.get("freeze") or [], where)
 
 
-class _FrozenStatistics:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+class _FrozenStatistics(nn.Module):
     """Mixin for a batch-norm layer whose parameters are frozen: it stays in eval mode, so it
     normalizes with (and keeps) its running statistics instead of updating them from batches."""
 
-    def train(self, mode: bool = True) -> nn.Module:
+    def train(self: _M, mode: bool = True) -> _M:
         return super().train(False)  # type: ignore[misc]
 
 
@@ -108,7 +111,7 @@ class FrozenBatchNorm2d(_FrozenStatistics, nn.BatchNorm2d):
     """A frozen :class:`torch.nn.BatchNorm2d` (see :func:`freeze_batch_norm_statistics`)."""
 
 
-_FROZEN_BN = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
+_FROZEN_BN: dict[type[nn.Module], type[nn.Module]] = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
 
 
 def freeze_batch_norm_statistics(backbone: nn.Module) -> None:

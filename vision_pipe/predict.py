@@ -21,9 +21,10 @@ from vision_pipe.errors import DataError
 from vision_pipe.io import read_image
 from vision_pipe.module import PipelineModule
 from vision_pipe.results import Prediction
+from vision_pipe.stages import Sample
 
 
-def predict_sample(i: int, item: Any) -> dict[str, Any]:
+def predict_sample(i: int, item: Any) -> Sample:
     """A predict input (a path or an array) as a sample: ``{"image": (H, W, 3) uint8 RGB, "id": ...}``."""
     if not isinstance(item, np.ndarray):
         return {"image": read_image(item), "id": str(item)}

@@ -265,6 +265,7 @@ def test_override_deletes_a_key(tiny_config, write_yaml):
         ("model.backbone.name=vgj", r"unknown backbone stage 'vgj'"),  # unknown stage
         ("model.backbone.name=resnet", None),  # fine: resnet's defaults
         ("model.backbone={name: vgg, depht: 3}", r"unknown parameter 'depht'"),  # inside a replaced mapping
+        ("data.augmentation.0.pp=1", r"unknown parameter 'pp'"),  # inside a list item
         ("data.batch_size=0", r"greater than or equal to 1"),  # bad schema value
         ("data.bach_size=3", r"unknown key 'bach_size'"),  # unknown schema key
         ("data.extra.deep=3", r"unknown key 'extra'"),  # unknown key, several levels deep
