@@ -43,7 +43,7 @@ import torch
 
 from vision_pipe import Pipeline, hookimpl
 from vision_pipe.module import make_optimizer
-from vision_pipe.pipeline import _cpu_count
+from vision_pipe.trainer import cpu_count as _cpu_count
 from vision_pipe.plugins import PluginManager
 
 ROOT = Path(__file__).resolve().parent.parent

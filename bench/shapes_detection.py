@@ -8,7 +8,7 @@ Prints the test mAP@0.5 and COCO mAP@[.5:.95] (with AP@0.5 per class), the
 wall-clock time of fit + test, the training throughput (images/s) and the device.
 
 On a CPU the pipeline gives the model the cores the DataLoader workers leave
-(see ``vision_pipe.pipeline._cpu_threads``).
+(see ``vision_pipe.trainer.cpu_threads``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
 
+Flags may come before, between or after the positionals and ``key=value``
+overrides (``~key`` deletes a key, ``key={...}`` replaces a mapping).
+
 Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
 printed as one message naming the file / key / stage, with exit status 2.
 """
@@ -76,8 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; a command's flags may come before, between or after its positionals
+    (``fit p.yaml trainer.max_epochs=1 --no-test`` = ``fit --no-test p.yaml trainer.max_epochs=1``)."""
+    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if not args or args[0] not in commands:
+        return parser.parse_args(args)  # --help, a missing or unknown command: argparse's own messages
+    # argparse cannot intermix a parser that has subcommands; the subcommand's own parser can
+    namespace = commands[args[0]].parse_intermixed_args(args[1:])
+    namespace.command = args[0]
+    return namespace
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return _run(args)
     except VisionPipeError as exc:
@@ -188,15 +205,15 @@ def _preflight(pipe: Any) -> None:
 
 def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
     from vision_pipe.errors import DataError
-    from vision_pipe.pipeline import find_images
+    from vision_pipe.io import IMAGE_EXTENSION_LIST, list_images
 
     paths: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = find_images(path)
+            found = list_images(path, recursive=False)
             if not found:
-                raise DataError(f"{path}: folder contains no images (jpg, jpeg, png, bmp)")
+                raise DataError(f"{path}: folder contains no images ({IMAGE_EXTENSION_LIST})")
             paths += found
         elif path.exists():
             paths.append(path)

@@ -1,26 +1,21 @@
-"""Pipeline configuration: YAML loading (with line numbers), ``base:`` inheritance,
-dotted ``key=value`` overrides, and schema validation.
+"""Pipeline configuration: the pydantic schema of a pipeline and its validation
+(top-level keys, Trainer arguments, and each stage's parameters against its factory).
 
 Every error names the YAML file and line (or the override) and the dotted key,
-and suggests the closest valid names for a misspelling.
+and suggests the closest valid names for a misspelling. Reading YAML files,
+``base:`` inheritance and ``key=value`` overrides are in :mod:`vision_pipe.config_files`.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
-from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.errors import ConfigError, StageError, did_you_mean
-
-Loc = tuple[str | int, ...]
-
 
 # ----------------------------------------------------------------------------
 # Schema
@@ -204,180 +199,6 @@ class PipelineConfig(_Strict):
 TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": "auto"}
 #: Trainer arguments vision-pipe sets itself.
 TRAINER_RESERVED = ("logger", "callbacks", "default_root_dir", "enable_checkpointing")
-
-
-# ----------------------------------------------------------------------------
-# YAML with locations
-# ----------------------------------------------------------------------------
-
-
-class Locations:
-    """Where each dotted key of a config came from (``file:line`` or an override)."""
-
-    def __init__(self) -> None:
-        self._where: dict[Loc, str] = {}
-
-    def set(self, loc: Loc, where: str) -> None:
-        self._where[loc] = where
-
-    def find(self, loc: Iterable[str | int]) -> str | None:
-        """The location of ``loc`` or of its nearest ancestor that has one."""
-        parts = tuple(loc)
-        while True:
-            if parts in self._where:
-                return self._where[parts]
-            if not parts:
-                return None
-            parts = parts[:-1]
-
-    def update(self, other: Locations) -> None:
-        self._where.update(other._where)
-
-
-def _walk(node: yaml.Node, loc: Loc, file: str, locs: Locations) -> None:
-    locs.set(loc, f"{file}:{node.start_mark.line + 1}")
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise ConfigError(
-                    f"key '{key}' appears twice (first on line {seen[key]})",
-                    location=f"{file}:{key_node.start_mark.line + 1}",
-                    key=dotted(loc + (key,)),
-                )
-            seen[key] = key_node.start_mark.line + 1
-            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
-            _walk(value_node, loc + (key,), file, locs)
-            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, loc + (i,), file, locs)
-
-
-def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locations]:
-    """Read one YAML mapping and the line of every key; errors name file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"pipeline file not found: {path}")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory, not a pipeline YAML file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        raise ConfigError(
-            f"YAML syntax error: {problem}" + (f" ({context})" if context else ""), location=where
-        ) from exc
-    if data is None:
-        raise ConfigError("the file is empty; a pipeline needs at least name, data and model", location=str(path))
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"a pipeline file must be a mapping of keys (name, data, model, ...), not a {type(data).__name__}",
-            location=str(path),
-        )
-    locs = Locations()
-    assert node is not None
-    _walk(node, (), str(path), locs)
-    return data, locs
-
-
-def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated recursively by ``update`` (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            # A stage entry whose name changes starts from scratch: the old stage's parameters do not apply.
-            if "name" in value and value.get("name") != out[key].get("name"):
-                out[key] = copy.deepcopy(dict(value))
-            else:
-                out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def load_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locations]:
-    """Read ``path`` and, recursively, the files named by its ``base:`` (relative to it)."""
-    path = Path(path).resolve() if _chain else Path(path)
-    data, locs = read_yaml(path)
-    base = data.pop("base", None)
-    if base is None:
-        return data, locs
-    bases = base if isinstance(base, list) else [base]
-    merged: dict[str, Any] = {}
-    merged_locs = Locations()
-    for b in bases:
-        if not isinstance(b, str):
-            raise ConfigError("base must be a file path or a list of file paths", location=locs.find(("base",)), key="base")
-        base_path = (path.parent / b).resolve()
-        chain = _chain + (path.resolve(),)
-        if base_path in chain:
-            cycle = " -> ".join(str(p) for p in chain + (base_path,))
-            raise ConfigError(f"base files form a cycle: {cycle}", location=locs.find(("base",)), key="base")
-        if not base_path.exists():
-            raise ConfigError(f"base file not found: {base_path}", location=locs.find(("base",)), key="base")
-        base_data, base_locs = load_yaml_with_bases(base_path, chain)
-        merged = deep_merge(merged, base_data)
-        merged_locs.update(base_locs)
-    merged = deep_merge(merged, data)
-    merged_locs.update(locs)
-    return merged, merged_locs
-
-
-def dotted(loc: Iterable[str | int]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str], locs: Locations) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``3`` → int, ``[1, 2]`` → list)."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        where = f"override '{item}'"
-        if "=" not in item:
-            raise ConfigError("an override must look like key.path=value", location=where)
-        key, _, raw = item.partition("=")
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ConfigError("an override must look like key.path=value", location=where)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse the value as YAML: {exc}", location=where) from exc
-        parts: list[str | int] = []
-        node: Any = data
-        segments = key.split(".")
-        for i, seg in enumerate(segments):
-            last = i == len(segments) - 1
-            if isinstance(node, list):
-                if not seg.isdigit() or int(seg) >= len(node):
-                    raise ConfigError(
-                        f"'{seg}' is not an index of this list (it has {len(node)} items)",
-                        location=where,
-                        key=dotted(parts),
-                    )
-                idx: str | int = int(seg)
-            elif isinstance(node, dict):
-                idx = seg
-            else:
-                raise ConfigError(f"cannot set '{seg}' inside a {type(node).__name__}", location=where, key=dotted(parts))
-            parts.append(idx)
-            if last:
-                node[idx] = value  # type: ignore[index]
-            else:
-                if isinstance(node, dict) and (idx not in node or node[idx] is None):
-                    node[idx] = {}
-                node = node[idx]  # type: ignore[index]
-        locs.set(tuple(parts), where)
-    return data
 
 
 # ----------------------------------------------------------------------------

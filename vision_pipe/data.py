@@ -10,11 +10,9 @@ accelerator (see :mod:`vision_pipe.module`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -279,55 +277,6 @@ def _to_device(value: Any, device: torch.device) -> Any:
 def default_num_workers() -> int:
     """One worker per CPU core but one (kept for the training loop), at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-# ----------------------------------------------------------------------------
-# Fitting normalization: one streaming pass over resized training images
-# ----------------------------------------------------------------------------
-
-
-class _ResizedImages(Dataset):
-    def __init__(self, source: SampleSource, input_size: tuple[int, int]) -> None:
-        self.source = source
-        self.input_size = input_size
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        sample = self.source[index]
-        image = check_image(sample.get("image"), str(sample.get("id", "?")))
-        h, w = self.input_size
-        if image.shape[:2] != (h, w):
-            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)  # as A.Resize does
-        return image
-
-
-def iter_resized_images(source: SampleSource, input_size: tuple[int, int], num_workers: int) -> Iterator[np.ndarray]:
-    """Yield every image of ``source`` resized to ``input_size``, one at a time."""
-    loader = DataLoader(
-        _ResizedImages(source, input_size),
-        batch_size=None,
-        num_workers=num_workers,
-        worker_init_fn=_worker_init if num_workers else None,
-    )
-    for image in loader:
-        yield image.numpy() if isinstance(image, torch.Tensor) else image
-
-
-def normalization_fingerprint(source: SampleSource, input_size: tuple[int, int], stage: dict[str, Any]) -> str:
-    """Key of a fitted normalizer's cache: the data, the resize and the stage with its parameters."""
-    payload = json.dumps(
-        {"data": source.fingerprint(), "input_size": list(input_size), "resize": "INTER_LINEAR", "stage": stage},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def cache_dir() -> Path:
-    """Where fitted statistics are cached: ``$VISION_PIPE_CACHE`` or ``~/.cache/vision-pipe``."""
-    return Path(os.environ.get("VISION_PIPE_CACHE", Path.home() / ".cache" / "vision-pipe"))
 
 
 # ----------------------------------------------------------------------------

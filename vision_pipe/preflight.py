@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from vision_pipe.data import SubsetSource, _worker_init, cache_dir, check_image
+from vision_pipe.cache import cache_dir
+from vision_pipe.data import SubsetSource, _worker_init, check_image
 from vision_pipe.errors import DataError
 from vision_pipe.stages import Sample, SampleSource
 

@@ -174,3 +174,28 @@ def test_unreadable_image_found_in_a_worker_is_one_clear_message(tiny_config, wr
     assert bad["split"] == "test" and f"cannot read image {broken}" in bad["reason"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data/skipped"] == 1 and metrics["data/checked"] == 10
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["fit", "{p}", "trainer.max_epochs=1", "--no-test"],
+        ["fit", "--no-test", "{p}", "trainer.max_epochs=1"],
+        ["fit", "{p}", "--no-test", "trainer.max_epochs=1"],
+    ],
+)
+def test_flags_may_come_before_between_or_after_the_overrides(order, tiny_config, write_yaml, tmp_path, capsys):
+    path = write_yaml("p.yaml", tiny_config)  # 2 epochs unless the override is applied
+    assert main([a.format(p=path) for a in order]) == 0
+    out = capsys.readouterr().out
+    assert "test metrics" not in out, "--no-test was applied"
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    assert json.loads((run_dir / "metrics.json").read_text())["fit/epochs"] == 1.0, "the override was applied"
+
+
+def test_check_takes_flags_anywhere_and_names_a_bad_override(tiny_config, write_yaml, capsys):
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["check", "--disable", "resnet", str(path), "model.backbone.width=6", "--data"]) == 0
+    assert "pre-flight" in capsys.readouterr().out
+    assert main(["check", str(path), "--data", "model.head.dropuot=0.2"]) == 2
+    assert "override 'model.head.dropuot=0.2'" in capsys.readouterr().err

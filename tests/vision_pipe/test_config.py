@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vision_pipe import ChainError, ConfigError, Pipeline
-from vision_pipe.config import apply_overrides, load_yaml_with_bases, Locations
+from vision_pipe import ChainError, ConfigError, Pipeline, VisionPipeError
+from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 
 
 def _line_of(path: Path, text: str) -> int:
@@ -217,3 +217,68 @@ def test_resolved_config_round_trips(tiny_config, write_yaml, tmp_path):
     pipe = Pipeline.from_yaml(write_yaml("p.yaml", tiny_config))
     again = write_yaml("again.yaml", yaml.safe_dump(pipe.resolved))
     assert Pipeline.from_yaml(again).resolved == pipe.resolved
+
+
+def test_override_changing_a_stage_name_starts_from_the_new_stages_defaults(tiny_config, write_yaml):
+    path = write_yaml("p.yaml", tiny_config)  # vgg with depth 8, which resnet does not take
+    pipe = Pipeline.from_yaml(path, ["model.backbone.name=resnet", "model.backbone.width=4"])
+    assert pipe.resolved["model"]["backbone"]["depth"] == 18 and pipe.resolved["model"]["backbone"]["width"] == 4
+    # other overrides of the renamed stage apply whatever their order
+    pipe = Pipeline.from_yaml(path, ["model.backbone.width=4", "model.backbone.stages=2", "model.backbone.name=resnet"])
+    assert pipe.resolved["model"]["backbone"]["name"] == "resnet" and pipe.resolved["model"]["backbone"]["stages"] == 2
+    # the same name keeps the parameters
+    data = apply_overrides(tiny_config, ["model.backbone.name=vgg"], Locations())
+    assert data["model"]["backbone"] == tiny_config["model"]["backbone"]
+    # a list item (augmentation) too
+    data = apply_overrides(tiny_config, ["data.augmentation.0.name=VerticalFlip"], Locations())
+    assert data["data"]["augmentation"][0] == {"name": "VerticalFlip"}
+
+
+def test_override_replaces_a_mapping_wholesale(tiny_config, write_yaml):
+    path = write_yaml("p.yaml", tiny_config)
+    pipe = Pipeline.from_yaml(path, ["model.backbone={name: vgg, depth: 11, width: 4, stages: 2}"])
+    assert pipe.resolved["model"]["backbone"]["depth"] == 11 and pipe.resolved["model"]["backbone"]["width"] == 4
+    data = apply_overrides(tiny_config, ["model.head={name: classification}"], Locations())
+    assert data["model"]["head"] == {"name": "classification"}  # dropout is gone
+
+
+def test_override_deletes_a_key(tiny_config, write_yaml):
+    path = write_yaml("p.yaml", tiny_config)
+    pipe = Pipeline.from_yaml(path, ["~model.head.dropout", "~data.normalization"])
+    assert pipe.resolved["model"]["head"]["dropout"] == 0.0  # the head's default
+    assert pipe.config.data.normalization is None and pipe.stages["normalization"] is None
+    data = apply_overrides(tiny_config, ["~data.augmentation.0"], Locations())
+    assert data["data"]["augmentation"] == []
+    with pytest.raises(ConfigError, match=r"override '~model.head.dropuot'.*no such key.*Did you mean 'dropout'"):
+        apply_overrides(tiny_config, ["~model.head.dropuot"], Locations())
+    with pytest.raises(ConfigError, match=r"override '~model.nothing.here'.*there is no 'model.nothing'"):
+        apply_overrides(tiny_config, ["~model.nothing.here"], Locations())
+    with pytest.raises(ConfigError, match="takes no value"):
+        apply_overrides(tiny_config, ["~model.head.dropout=1"], Locations())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.head.dropout=2", r"dropout"),  # bad stage parameter value
+        ("model.head.dropuot=0.2", r"unknown parameter 'dropuot'"),  # unknown stage parameter
+        ("model.backbone.name=vgj", r"unknown backbone stage 'vgj'"),  # unknown stage
+        ("model.backbone.name=resnet", None),  # fine: resnet's defaults
+        ("model.backbone={name: vgg, depht: 3}", r"unknown parameter 'depht'"),  # inside a replaced mapping
+        ("data.augmentation.0.pp=1", r"unknown parameter 'pp'"),  # inside a list item
+        ("data.batch_size=0", r"greater than or equal to 1"),  # bad schema value
+        ("data.bach_size=3", r"unknown key 'bach_size'"),  # unknown schema key
+        ("data.extra.deep=3", r"unknown key 'extra'"),  # unknown key, several levels deep
+        ("trainer.max_epoch=3", r"unknown Trainer argument 'max_epoch'"),
+        ("optimizer={name: adamm}", r"adamm"),
+        ("~model.head", r"required key 'head' is missing"),
+    ],
+)
+def test_every_error_an_override_causes_names_the_override(tiny_config, write_yaml, override, message):
+    path = write_yaml("p.yaml", tiny_config)
+    if message is None:
+        Pipeline.from_yaml(path, [override])
+        return
+    with pytest.raises(VisionPipeError, match=message) as info:  # ConfigError, or a factory's StageError
+        Pipeline.from_yaml(path, [override])
+    assert f"override '{override}'" in str(info.value)

@@ -19,11 +19,10 @@ from vision_pipe.data import (
     SubsetSource,
     build_transform,
     collate,
-    iter_resized_images,
     make_splits,
-    normalization_fingerprint,
     transform_sample,
 )
+from vision_pipe.cache import iter_resized_images, normalization_fingerprint
 from vision_pipe.io import read_image
 
 # ----------------------------------------------------------------------------

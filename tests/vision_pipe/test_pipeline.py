@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from vision_pipe import ClassificationPrediction, DataError, Pipeline, VisionPipeError, hookimpl
-from vision_pipe.data import cache_dir
+from vision_pipe.cache import cache_dir
 from vision_pipe.plugins import PluginManager
 
 
@@ -193,4 +193,5 @@ def test_lifecycle_hooks_are_called_in_order(tiny_config):
     pipe.fit()
     with pytest.raises(VisionPipeError):
         pipe.test(ckpt="missing.ckpt")
-    assert calls == ["config_resolved", "pipeline_built", "before_fit", "after_fit"]
+    # a missing checkpoint fails inside the test action: the error hook hears of it
+    assert calls == ["config_resolved", "pipeline_built", "before_fit", "after_fit", "on_error:test:VisionPipeError"]

@@ -1,0 +1,299 @@
+"""Building a pipeline's stages from its validated config, and checking their chain.
+
+Owns :func:`build_pipeline`: each stage entry validated against its factory
+(:func:`vision_pipe.config.validate_stage_params`), the stages built in
+pipeline order with the :class:`~vision_pipe.stages.StageContext` each may
+see, every built object checked against its kind's contract, the chain checked
+(the loader's and the head's task), the backbone's weights and freezing applied
+(:mod:`vision_pipe.finetune`), the backbone's ``forward`` checked against its
+``feature_info`` on one dummy input (:func:`check_backbone_contract`), and the
+LightningModule / LightningDataModule assembled. Every error names the YAML
+location (or override) and the stage.
+
+A pipeline built for inference from a checkpoint (``from_checkpoint``) takes
+its class names from the checkpoint and builds no loader and no data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import albumentations as A
+import torch
+
+from vision_pipe.config import PipelineConfig, validate_stage_params
+from vision_pipe.config_files import Loc, Locations, dotted
+from vision_pipe.data import PipelineDataModule, default_num_workers, make_splits
+from vision_pipe.errors import ChainError, ContractError, DataError, StageError, VisionPipeError
+from vision_pipe.finetune import apply_weights_and_freeze
+from vision_pipe.module import PipelineModule
+from vision_pipe.plugins import RESERVED_KEYS
+from vision_pipe.stages import Backbone, Features, Head, Loader, Normalizer, SampleSource, StageContext
+
+Color = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CheckpointClasses:
+    """What a checkpoint tells a pipeline built from it instead of a loader."""
+
+    names: Sequence[str]
+    colors: Sequence[Sequence[int]] | None = None
+
+
+@dataclass
+class BuiltPipeline:
+    """The result of :func:`build_pipeline`."""
+
+    stages: dict[str, Any]  #: by kind; ``augmentation`` is a list, ``loading`` absent from a checkpoint
+    class_names: list[str]
+    class_colors: list[Color] | None
+    splits: dict[str, SampleSource]  #: empty for a pipeline built from a checkpoint
+    resolved: dict[str, Any]  #: the config with every stage's defaults filled in (a run's config.yaml)
+    module: PipelineModule
+    datamodule: PipelineDataModule | None
+
+
+def _colors(colors: Sequence[Sequence[int]] | None) -> list[Color] | None:
+    return [(int(c[0]), int(c[1]), int(c[2])) for c in colors] if colors else None
+
+
+def stage_slots(config: PipelineConfig) -> list[tuple[str, Loc]]:
+    """``(kind, location)`` of every stage entry of ``config``, in pipeline order."""
+    slots: list[tuple[str, Loc]] = [("loading", ("data", "loader"))]
+    if config.data.normalization is not None:
+        slots.append(("normalization", ("data", "normalization")))
+    slots += [("augmentation", ("data", "augmentation", i)) for i in range(len(config.data.augmentation))]
+    slots += [("backbone", ("model", "backbone")), ("head", ("model", "head"))]
+    return slots
+
+
+def _spec(config: PipelineConfig, loc: Loc) -> dict[str, Any]:
+    node: Any = config
+    for part in loc:
+        node = node[part] if isinstance(part, int) or isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def _set(tree: dict[str, Any], loc: Loc, value: Any) -> None:
+    node: Any = tree
+    for part in loc[:-1]:
+        node = node[part]
+    node[loc[-1]] = value
+
+
+class _Builder:
+    """Builds the stages of one config; knows where each entry is and what its factory takes."""
+
+    def __init__(self, config: PipelineConfig, locs: Locations, registry: Any) -> None:
+        self.config = config
+        self.locs = locs
+        self.resolved: dict[str, Any] = config.model_dump(mode="json")
+        self.entries: dict[Loc, Any] = {}
+        self.params: dict[Loc, dict[str, Any]] = {}
+        for kind, loc in stage_slots(config):
+            entry, python_params, resolved = validate_stage_params(
+                kind, _spec(config, loc), loc, registry, locs, RESERVED_KEYS[kind]
+            )
+            self.entries[loc] = entry
+            self.params[loc] = python_params
+            _set(self.resolved, loc, resolved)
+
+    def where(self, loc: Loc) -> str:
+        place = self.locs.find(loc)
+        return (f"{place}: " if place else "") + dotted(loc)
+
+    def label(self, loc: Loc) -> str:
+        """Where a stage is and what it is; with the overrides that changed it, which may be the culprits."""
+        entry = self.entries[loc]
+        overrides = [o for o in self.locs.overrides_within(loc) if o != self.locs.find(loc)]
+        changed = f", changed by {', '.join(overrides)}" if overrides else ""
+        return f"{self.where(loc)} ({entry.kind} stage '{entry.name}'{changed})"
+
+    def build(self, loc: Loc, ctx: StageContext, expected: type | tuple[type, ...], what: str) -> Any:
+        entry = self.entries[loc]
+        try:
+            built = entry.build(self.params[loc], ctx)
+        except VisionPipeError as exc:
+            raise type(exc)(f"{self.label(loc)}: {exc}") from exc
+        if not isinstance(built, expected):
+            raise StageError(
+                f"{self.where(loc)}: {entry.kind} stage '{entry.name}' (plugin '{entry.plugin}') returned "
+                f"{type(built).__name__}; a {entry.kind} stage must return {what}"
+            )
+        return built
+
+
+def build_pipeline(
+    config: PipelineConfig,
+    locs: Locations,
+    registry: Any,
+    *,
+    from_checkpoint: CheckpointClasses | None = None,
+) -> BuiltPipeline:
+    """Build every stage of ``config``, check the chain and the backbone's contract, assemble the model and data.
+
+    ``from_checkpoint``: build for inference from a checkpoint — its class names
+    (and colours) replace the loader, which is neither built nor run, and there
+    are no splits and no datamodule. Weight initialization is seeded with
+    ``config.seed`` without disturbing the caller's random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _build(_Builder(config, locs, registry), from_checkpoint)
+
+
+def _build(b: _Builder, from_checkpoint: CheckpointClasses | None) -> BuiltPipeline:
+    cfg = b.config
+    task = cfg.task
+    stages: dict[str, Any] = {}
+    splits: dict[str, SampleSource] = {}
+    ctx = StageContext(task=task, seed=cfg.seed, input_size=cfg.data.input_size)
+    if from_checkpoint is None:
+        loader_loc: Loc = ("data", "loader")
+        loader = b.build(loader_loc, ctx, Loader, "a vision_pipe.Loader")
+        if task not in loader.tasks:
+            raise ChainError(
+                f"{b.where(loader_loc)}: loading stage '{cfg.data.loader['name']}' provides "
+                f"{', '.join(loader.tasks) or 'no task'} data, but the pipeline's task is '{task}' "
+                f"(head '{cfg.model.head['name']}'). Choose a loader that provides {task} targets."
+            )
+        try:
+            loaded = loader.load(task)
+        except DataError as exc:
+            raise DataError(f"{b.label(loader_loc)}: {exc}") from exc
+        stages["loading"] = loader
+        splits = make_splits(loaded, cfg.data.split, cfg.seed)
+        class_names = list(loaded.class_names)
+        class_colors = _colors(loaded.class_colors)
+    else:
+        class_names = list(from_checkpoint.names)
+        class_colors = _colors(from_checkpoint.colors)
+    ctx = StageContext(task=task, seed=cfg.seed, input_size=cfg.data.input_size, class_names=tuple(class_names))
+
+    normalizer = None
+    if cfg.data.normalization is not None:
+        normalizer = b.build(("data", "normalization"), ctx, Normalizer, "a vision_pipe.Normalizer")
+    stages["normalization"] = normalizer
+
+    augmentations = [
+        b.build(("data", "augmentation", i), ctx, A.BasicTransform, "an albumentations transform")
+        for i in range(len(cfg.data.augmentation))
+    ]
+    stages["augmentation"] = augmentations
+
+    bb_loc: Loc = ("model", "backbone")
+    backbone = b.build(bb_loc, ctx, Backbone, "a vision_pipe.Backbone")
+    if not getattr(backbone, "feature_info", None):
+        raise StageError(f"{b.where(bb_loc)}: backbone '{cfg.model.backbone['name']}' declares no feature_info")
+    apply_weights_and_freeze(backbone, cfg.model.backbone, b.where(bb_loc))
+    check_backbone_contract(backbone, b.label(bb_loc))
+    stages["backbone"] = backbone
+
+    head_loc: Loc = ("model", "head")
+    ctx = StageContext(
+        task=task,
+        seed=cfg.seed,
+        input_size=cfg.data.input_size,
+        class_names=tuple(class_names),
+        feature_info=tuple(backbone.feature_info),
+        backbone_provides=frozenset(backbone.provides),
+        backbone_name=cfg.model.backbone["name"],
+    )
+    head = b.build(head_loc, ctx, Head, "a vision_pipe.Head")
+    if head.task != task:
+        raise ChainError(
+            f"{b.where(head_loc)}: head '{cfg.model.head['name']}' solves {head.task}, but the pipeline's task is "
+            f"'{task}' (loader '{cfg.data.loader['name']}')"
+        )
+    stages["head"] = head
+
+    module = PipelineModule(
+        normalizer,
+        backbone,
+        head,
+        cfg.optimizer,
+        cfg.scheduler,
+        class_names,
+        checkpoint_extra={"config": b.resolved, "class_colors": class_colors},
+        channels_last=cfg.model.channels_last,
+        compile=cfg.model.compile,
+    )
+    datamodule = None
+    if splits:
+        workers = cfg.data.num_workers
+        datamodule = PipelineDataModule(
+            splits,
+            task,
+            cfg.data.input_size,
+            augmentations,
+            cfg.data.batch_size,
+            default_num_workers() if workers == "auto" else workers,
+            boxes=cfg.data.boxes,
+        )
+    return BuiltPipeline(stages, class_names, class_colors, splits, b.resolved, module, datamodule)
+
+
+# ----------------------------------------------------------------------------
+# The backbone's contract, checked on one dummy input
+# ----------------------------------------------------------------------------
+
+
+def check_backbone_contract(backbone: Backbone, label: str) -> None:
+    """One forward of ``backbone`` on a tiny input: it must return :class:`Features` with
+    exactly the maps its ``feature_info`` declares, each (1, channels, ⌈H/stride⌉, ⌈W/stride⌉).
+
+    The input is (1, 3, S, S) zeros with S = 2 × the largest declared stride (at
+    least 32). Runs in eval mode without gradients, then restores every
+    submodule's mode: batch-norm statistics, parameters and the random state are
+    left as they were. A mismatch is a :class:`ContractError` starting with ``label``.
+    """
+    infos = list(backbone.feature_info)
+    size = max(32, 2 * max(int(f.stride) for f in infos))
+    images = torch.zeros(1, 3, size, size)
+    modes = [(m, m.training) for m in backbone.modules()]
+    backbone.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            features = backbone(images)
+    except Exception as exc:
+        raise ContractError(
+            f"{label}: forward() failed on a (1, 3, {size}, {size}) input: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(features, Features):
+        raise ContractError(
+            f"{label}: forward() returned {type(features).__name__}; a backbone must return "
+            "vision_pipe.Features(maps={name: tensor, ...}) with the maps its feature_info declares"
+        )
+    declared = [f.name for f in infos]
+    if list(features.maps) != declared:
+        raise ContractError(
+            f"{label}: forward() returned maps {list(features.maps)}, but feature_info declares {declared} (same order)"
+        )
+    for info in infos:
+        fmap = features.maps[info.name]
+        expected = (math.ceil(size / info.stride),) * 2
+        if not isinstance(fmap, torch.Tensor) or fmap.ndim != 4:
+            got = tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__
+            raise ContractError(f"{label}: map '{info.name}' is {got}; expected a (B, C, H, W) tensor")
+        problems = []
+        if fmap.shape[1] != info.channels:
+            problems.append(f"{fmap.shape[1]} channels, but feature_info declares {info.channels}")
+        if tuple(fmap.shape[2:]) != expected:
+            h, w = fmap.shape[2:]
+            actual = f"stride {size // h}" if h and size % h == 0 and h == w else "a different stride"
+            problems.append(
+                f"{h}×{w} for a {size}×{size} input ({actual}), but feature_info declares stride {info.stride} "
+                f"({expected[0]}×{expected[1]}; sizes round up)"
+            )
+        if problems:
+            raise ContractError(f"{label}: map '{info.name}': " + "; ".join(problems))
+
+
+__all__ = ["BuiltPipeline", "CheckpointClasses", "build_pipeline", "check_backbone_contract", "stage_slots"]

@@ -1,0 +1,290 @@
+"""Config files: YAML read with the ``file:line`` of every key, ``base:`` inheritance,
+and ``key=value`` / ``~key`` overrides from the command line.
+
+Owns :class:`Locations` (where each dotted key came from: a file line or an
+override), so that every later error — schema, stage parameters, Trainer
+arguments — names the file and line or the override that caused it. The
+schema itself is in :mod:`vision_pipe.config`.
+
+Overrides (:func:`apply_overrides`), in the style of Hydra:
+
+- ``a.b=value`` sets a key (the value is parsed as YAML: ``3`` → int, ``[1, 2]`` → list);
+- ``a.b={x: 1}`` replaces the mapping at ``a.b`` wholesale (nothing of the old one is kept);
+- ``~a.b`` deletes the key ``a.b``;
+- ``model.backbone.name=resnet`` — changing a stage's ``name`` starts that stage
+  from the new stage's defaults: the old stage's parameters are dropped (other
+  overrides of the same stage apply on top, whatever their order).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vision_pipe.errors import ConfigError, did_you_mean
+
+Loc = tuple[str | int, ...]
+
+#: Where stage entries sit in a config (``data.augmentation.<i>`` is a list of them).
+STAGE_SLOTS: tuple[Loc, ...] = (
+    ("data", "loader"),
+    ("data", "normalization"),
+    ("model", "backbone"),
+    ("model", "head"),
+)
+
+
+class Locations:
+    """Where each dotted key of a config came from (``file:line`` or an override)."""
+
+    def __init__(self) -> None:
+        self._where: dict[Loc, str] = {}
+
+    def set(self, loc: Loc, where: str) -> None:
+        self._where[loc] = where
+
+    def find(self, loc: Iterable[str | int]) -> str | None:
+        """The location of ``loc`` or of its nearest ancestor that has one."""
+        parts = tuple(loc)
+        while True:
+            if parts in self._where:
+                return self._where[parts]
+            if not parts:
+                return None
+            parts = parts[:-1]
+
+    def update(self, other: Locations) -> None:
+        self._where.update(other._where)
+
+    def overrides_within(self, loc: Iterable[str | int]) -> list[str]:
+        """The overrides that set ``loc`` or a key below it (``["override 'a.b=1'", ...]``), in order."""
+        parts = tuple(loc)
+        found = [w for k, w in self._where.items() if k[: len(parts)] == parts and w.startswith("override ")]
+        return list(dict.fromkeys(found))
+
+    def drop_below(self, loc: Iterable[str | int]) -> None:
+        """Forget the locations of every key strictly below ``loc`` (its value was replaced)."""
+        parts = tuple(loc)
+        for key in [k for k in self._where if len(k) > len(parts) and k[: len(parts)] == parts]:
+            del self._where[key]
+
+
+def _walk(node: yaml.Node, loc: Loc, file: str, locs: Locations) -> None:
+    locs.set(loc, f"{file}:{node.start_mark.line + 1}")
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(
+                    f"key '{key}' appears twice (first on line {seen[key]})",
+                    location=f"{file}:{key_node.start_mark.line + 1}",
+                    key=dotted(loc + (key,)),
+                )
+            seen[key] = key_node.start_mark.line + 1
+            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
+            _walk(value_node, loc + (key,), file, locs)
+            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, loc + (i,), file, locs)
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locations]:
+    """Read one YAML mapping and the line of every key; errors name file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"pipeline file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a pipeline YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        raise ConfigError(
+            f"YAML syntax error: {problem}" + (f" ({context})" if context else ""), location=where
+        ) from exc
+    if data is None:
+        raise ConfigError("the file is empty; a pipeline needs at least name, data and model", location=str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a pipeline file must be a mapping of keys (name, data, model, ...), not a {type(data).__name__}",
+            location=str(path),
+        )
+    locs = Locations()
+    assert node is not None
+    _walk(node, (), str(path), locs)
+    return data, locs
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively by ``update`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            # A stage entry whose name changes starts from scratch: the old stage's parameters do not apply.
+            if "name" in value and value.get("name") != out[key].get("name"):
+                out[key] = copy.deepcopy(dict(value))
+            else:
+                out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Locations]:
+    """Read ``path`` and, recursively, the files named by its ``base:`` (relative to it)."""
+    path = Path(path).resolve() if _chain else Path(path)
+    data, locs = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data, locs
+    bases = base if isinstance(base, list) else [base]
+    merged: dict[str, Any] = {}
+    merged_locs = Locations()
+    for b in bases:
+        if not isinstance(b, str):
+            raise ConfigError("base must be a file path or a list of file paths", location=locs.find(("base",)), key="base")
+        base_path = (path.parent / b).resolve()
+        chain = _chain + (path.resolve(),)
+        if base_path in chain:
+            cycle = " -> ".join(str(p) for p in chain + (base_path,))
+            raise ConfigError(f"base files form a cycle: {cycle}", location=locs.find(("base",)), key="base")
+        if not base_path.exists():
+            raise ConfigError(f"base file not found: {base_path}", location=locs.find(("base",)), key="base")
+        base_data, base_locs = load_yaml_with_bases(base_path, chain)
+        merged = deep_merge(merged, base_data)
+        merged_locs.update(base_locs)
+    merged = deep_merge(merged, data)
+    merged_locs.update(locs)
+    return merged, merged_locs
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _is_stage_slot(loc: Loc) -> bool:
+    return loc in STAGE_SLOTS or (len(loc) == 3 and loc[:2] == ("data", "augmentation") and isinstance(loc[2], int))
+
+
+def _parse_override(item: str) -> tuple[bool, list[str], Any, str]:
+    """``(delete, key segments, value, where)`` of one override."""
+    where = f"override '{item}'"
+    usage = "an override must look like key.path=value (or ~key.path to delete a key)"
+    delete = item.startswith("~")
+    if delete:
+        key, raw = item[1:], ""
+        if "=" in key:
+            raise ConfigError("a deletion takes no value: write ~key.path", location=where)
+    else:
+        if "=" not in item:
+            raise ConfigError(usage, location=where)
+        key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(usage, location=where)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse the value as YAML: {exc}", location=where) from exc
+    return delete, key.split("."), value, where
+
+
+def _changes_stage_name(segments: list[str]) -> bool:
+    return len(segments) >= 3 and segments[-1] == "name" and _is_stage_slot(
+        tuple(int(s) if s.isdigit() else s for s in segments[:-1])
+    )
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], locs: Locations) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` / ``a.b={...}`` / ``~a.b`` overrides (see the module docstring).
+
+    Overrides that change a stage's ``name`` are applied first (the stage then
+    starts from the new stage's defaults), the others in the order given. Every
+    key an override sets is located at that override, so an error it causes names it.
+    """
+    data = copy.deepcopy(data)
+    parsed = [_parse_override(item) for item in overrides]
+    parsed.sort(key=lambda p: not (not p[0] and _changes_stage_name(p[1])))  # stable: name changes first
+    for delete, segments, value, where in parsed:
+        parts: list[str | int] = []
+        node: Any = data
+        for i, seg in enumerate(segments):
+            last = i == len(segments) - 1
+            if isinstance(node, list):
+                if not seg.isdigit() or int(seg) >= len(node):
+                    raise ConfigError(
+                        f"'{seg}' is not an index of this list (it has {len(node)} items)",
+                        location=where,
+                        key=dotted(parts),
+                    )
+                idx: str | int = int(seg)
+            elif isinstance(node, dict):
+                idx = seg
+            else:
+                raise ConfigError(f"cannot set '{seg}' inside a {type(node).__name__}", location=where, key=dotted(parts))
+            parts.append(idx)
+            if last:
+                _apply_one(data, node, idx, tuple(parts), delete, value, where, locs)
+            else:
+                if isinstance(node, dict) and (idx not in node or node[idx] is None):
+                    if delete:
+                        raise ConfigError(
+                            f"cannot delete '{dotted(segments)}': there is no '{dotted(parts)}'",
+                            location=where,
+                            key=dotted(parts),
+                        )
+                    node[idx] = {}
+                    locs.set(tuple(parts), where)
+                node = node[idx]  # type: ignore[index]
+    return data
+
+
+def _apply_one(
+    data: dict[str, Any], node: Any, idx: str | int, loc: Loc, delete: bool, value: Any, where: str, locs: Locations
+) -> None:
+    if delete:
+        if isinstance(node, dict) and idx not in node:
+            raise ConfigError(
+                f"cannot delete '{dotted(loc)}': no such key." + did_you_mean(str(idx), [str(k) for k in node]),
+                location=where,
+                key=dotted(loc),
+            )
+        del node[idx]
+        locs.drop_below(loc)
+        locs.set(loc, where)  # a "missing key" error about it names the deletion
+        return
+    stage = loc[:-1]
+    if loc[-1] == "name" and _is_stage_slot(stage) and isinstance(node, dict) and node.get("name") != value:
+        # A new stage: the old stage's parameters do not apply to it.
+        node.clear()
+        locs.drop_below(stage)
+        locs.set(stage, where)
+    node[idx] = value
+    locs.drop_below(loc)
+    locs.set(loc, where)
+
+
+__all__ = [
+    "STAGE_SLOTS",
+    "Loc",
+    "Locations",
+    "apply_overrides",
+    "deep_merge",
+    "dotted",
+    "load_yaml_with_bases",
+    "read_yaml",
+]

@@ -1,0 +1,142 @@
+"""Fine-tuning: reading weight files, loading them into a backbone, freezing parameters
+and the batch-norm statistics of frozen layers.
+
+Owns the one place where vision-pipe unpickles a torch file it did not write
+itself (:func:`load_torch_file`: backbone ``weights`` and checkpoints), the
+``model.backbone.weights`` / ``model.backbone.freeze`` semantics
+(:func:`apply_weights_and_freeze`) and :class:`FrozenBatchNorm1d` /
+:class:`FrozenBatchNorm2d`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from vision_pipe.errors import ConfigError, StageError, VisionPipeError
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` of a weights file or checkpoint onto the CPU.
+
+    Full unpickling (``weights_only=False``): vision-pipe and Lightning
+    checkpoints hold more than tensors. Only load files you trust.
+    """
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A vision-pipe checkpoint (``state_dict`` + the ``vision_pipe`` section); :class:`VisionPipeError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise VisionPipeError(f"checkpoint not found: {path}")
+    try:
+        ckpt = load_torch_file(path)
+    except Exception as exc:
+        raise VisionPipeError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "vision_pipe" not in ckpt or "state_dict" not in ckpt:
+        raise VisionPipeError(f"{path}: not a vision-pipe checkpoint (no 'vision_pipe' section)")
+    return ckpt
+
+
+def load_weights(backbone: nn.Module, weights: str | Path, where: str) -> None:
+    """Load a state dict, or the ``backbone.*`` part of a vision-pipe/Lightning checkpoint, into ``backbone``."""
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights")
+    try:
+        state = load_torch_file(path)
+    except Exception as exc:
+        raise StageError(f"{where}: cannot read backbone weights {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as exc:
+        raise StageError(f"{where}: weights {path} do not fit the backbone: {exc}") from exc
+
+
+def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> None:
+    """Stop training the parameters under each dotted prefix (``"stem"``, ``"layer1.0"``);
+    batch-norm layers left without trainable parameters keep their running statistics."""
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    names = [n for n, _ in backbone.named_parameters()]
+    for prefix in prefixes:
+        matched = {
+            n for n in names if n == prefix or n.startswith(prefix + ".") or (prefix.endswith(".") and n.startswith(prefix))
+        }
+        if not matched:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(
+                f"freeze prefix '{prefix}' matches no backbone parameter; top-level modules: {', '.join(tops)}",
+                location=where.split(": ")[0],
+                key="model.backbone.freeze",
+            )
+        for n, p in backbone.named_parameters():
+            if n in matched:
+                p.requires_grad_(False)
+    freeze_batch_norm_statistics(backbone)
+
+
+def apply_weights_and_freeze(backbone: nn.Module, spec: dict[str, Any], where: str) -> None:
+    """Apply a backbone entry's ``weights`` (a file) and ``freeze`` (prefixes) to the built backbone."""
+    if spec.get("weights"):
+        load_weights(backbone, spec["weights"], where)
+    freeze(backbone, spec.get("freeze") or [], where)
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+class _FrozenStatistics(nn.Module):
+    """Mixin for a batch-norm layer whose parameters are frozen: it stays in eval mode, so it
+    normalizes with (and keeps) its running statistics instead of updating them from batches."""
+
+    def train(self: _M, mode: bool = True) -> _M:
+        return super().train(False)  # type: ignore[misc]
+
+
+class FrozenBatchNorm1d(_FrozenStatistics, nn.BatchNorm1d):
+    """A frozen :class:`torch.nn.BatchNorm1d` (see :func:`freeze_batch_norm_statistics`)."""
+
+
+class FrozenBatchNorm2d(_FrozenStatistics, nn.BatchNorm2d):
+    """A frozen :class:`torch.nn.BatchNorm2d` (see :func:`freeze_batch_norm_statistics`)."""
+
+
+_FROZEN_BN: dict[type[nn.Module], type[nn.Module]] = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
+
+
+def freeze_batch_norm_statistics(backbone: nn.Module) -> None:
+    """Batch-norm layers whose parameters are all frozen stop updating their running statistics.
+
+    Fine-tuning with frozen layers means the layers do not change; a batch-norm
+    layer in train mode would still move its running mean/var to the new data
+    (and normalize with batch statistics). Its class is switched to a subclass
+    that stays in eval mode; its state_dict is unchanged.
+    """
+    for module in backbone.modules():
+        frozen_class = _FROZEN_BN.get(type(module))
+        params = list(module.parameters(recurse=False))
+        if frozen_class is not None and params and not any(p.requires_grad for p in params):
+            module.__class__ = frozen_class
+            module.eval()
+
+
+__all__ = [
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "apply_weights_and_freeze",
+    "freeze",
+    "freeze_batch_norm_statistics",
+    "load_torch_file",
+    "load_weights",
+    "read_checkpoint",
+]

@@ -1,0 +1,214 @@
+"""The run directory and what a run writes into it.
+
+Owns the layout of ``<output_dir>/<name>/<timestamp>/``: :func:`open_run_dir`
+makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
+checkpoint belongs to; :func:`record_preflight` writes ``preflight.json``; and
+:class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
+strict JSON), ``plots/curves.png`` (from the CSV logs) and the normalizer's
+artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
+a run fails half-way, so the finished epochs keep their metrics and curves.
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from vision_pipe.config import PipelineConfig
+from vision_pipe.data import SubsetSource
+from vision_pipe.distributed import is_secondary_process, private_run_dir
+from vision_pipe.io import atomic_write_bytes, atomic_write_text
+from vision_pipe.preflight import PreflightReport
+from vision_pipe.stages import Normalizer, SampleSource
+
+
+def new_run_dir(config: PipelineConfig, resolved: dict[str, Any], splits: dict[str, SampleSource]) -> Path:
+    """A fresh ``<output_dir>/<name>/<timestamp>[-i]/`` with ``config.yaml``, ``splits.json`` and ``plots/``."""
+    root = Path(config.output_dir) / config.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = root / stamp
+    i = 1
+    while run_dir.exists():
+        run_dir = root / f"{stamp}-{i}"
+        i += 1
+    (run_dir / "plots").mkdir(parents=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if splits:
+        record = {
+            "seed": config.seed,
+            "fractions": list(config.data.split),
+            "sizes": {k: len(v) for k, v in splits.items()},
+            # indices into the loader's samples, for splits the pipeline made
+            "indices": {k: v.indices.tolist() for k, v in splits.items() if isinstance(v, SubsetSource)},
+        }
+        atomic_write_text(run_dir / "splits.json", json.dumps(record, indent=2))
+    return run_dir
+
+
+def open_run_dir(
+    config: PipelineConfig,
+    resolved: dict[str, Any],
+    splits: dict[str, SampleSource],
+    checkpoint: str | Path | None = None,
+) -> Path:
+    """The run directory for a new action: the run ``checkpoint`` belongs to, else a new one.
+
+    In a multi-process run only rank 0 writes the run directory; the others get a private one.
+    """
+    if is_secondary_process():
+        return private_run_dir()
+    if checkpoint is not None:
+        ckpt = Path(checkpoint).resolve()
+        candidate = ckpt.parent.parent
+        if (candidate / "config.yaml").exists() and ckpt.parent.name == "checkpoints":
+            (candidate / "plots").mkdir(exist_ok=True)
+            return candidate
+    return new_run_dir(config, resolved, splits)
+
+
+def record_preflight(run_dir: Path, report: PreflightReport, on_bad_sample: str) -> None:
+    """``preflight.json`` and the ``data/checked`` / ``data/skipped`` counts in ``metrics.json``."""
+    record = {"on_bad_sample": on_bad_sample, **report.to_dict()}
+    atomic_write_text(run_dir / "preflight.json", json.dumps(record, indent=2))
+    update_metrics_file(
+        run_dir / "metrics.json",
+        {"data/checked": float(sum(report.checked.values())), "data/skipped": float(len(report.bad))},
+    )
+
+
+# ----------------------------------------------------------------------------
+# What a run writes while it runs
+# ----------------------------------------------------------------------------
+
+
+class RunArtifacts(pl.Callback):
+    """Writes a run's artifacts from the Trainer's hooks.
+
+    - end of a fit, or a fit that fails: the last logged metrics (and
+      ``fit/epochs``) merged into ``metrics.json``, ``plots/curves.png`` from
+      the CSV logs of every fit of the run, the normalizer's artifacts;
+    - end of a test: the test metrics (the head's summary and the logged
+      ``test/...``) merged into ``metrics.json``.
+
+    ``metrics`` holds what was written last (what ``Pipeline.fit/test`` return).
+    """
+
+    def __init__(self, run_dir: Path, normalizer: Normalizer | None = None) -> None:
+        self.run_dir = run_dir
+        self.normalizer = normalizer
+        self.metrics: dict[str, float] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_fit(trainer)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = dict(getattr(pl_module, "test_metrics", {}))
+        metrics.update({k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("test/")})
+        self.metrics = metrics
+        update_metrics_file(self.run_dir / "metrics.json", metrics)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit":
+            return
+        for logger in trainer.loggers:
+            logger.save()  # the rows of the finished steps, before the curves are drawn from them
+        self._write_fit(trainer)
+
+    def _write_fit(self, trainer: pl.Trainer) -> None:
+        metrics = scalars(trainer.callback_metrics)
+        metrics["fit/epochs"] = float(trainer.current_epoch)
+        self.metrics = metrics
+        if self.normalizer is not None:
+            self.normalizer.save_artifacts(self.run_dir / "plots")
+        fit_logs = sorted(
+            (self.run_dir / "logs").glob("csv*/metrics.csv"), key=lambda p: (len(p.parent.name), p.parent.name)
+        )
+        plot_curves(fit_logs, self.run_dir / "plots" / "curves.png")
+        update_metrics_file(self.run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")})
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The one-number entries of a metrics dict (tensors of one element, ints, floats) as floats."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+def update_metrics_file(path: Path, metrics: dict[str, float]) -> None:
+    """Merge ``metrics`` into the JSON file at ``path`` (NaN written as null: strict JSON)."""
+    current: dict[str, float] = {}
+    if path.exists():
+        try:
+            current = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            current = {}
+    current.update(metrics)
+    # NaN (e.g. the accuracy of a class absent from a split) is written as null: strict JSON.
+    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in sorted(current.items())}
+    atomic_write_text(path, json.dumps(clean, indent=2))
+
+
+def plot_curves(csv_paths: Sequence[Path], out: Path) -> None:
+    """Training curves (loss and validation metrics per epoch) from the CSV logs of a run, in order."""
+    csv_paths = [p for p in csv_paths if p.is_file()]
+    if not csv_paths:
+        return
+    from matplotlib.figure import Figure
+
+    rows: list[dict[str, str]] = []
+    for csv_path in csv_paths:
+        with csv_path.open(newline="") as f:
+            rows += list(csv.DictReader(f))
+    series: dict[str, dict[int, float]] = {}
+    for row in rows:
+        epoch = row.get("epoch")
+        if not epoch:
+            continue
+        for key, value in row.items():
+            if key in ("epoch", "step") or not value or "/" not in key or key.count("/") > 1:
+                continue
+            series.setdefault(key, {})[int(float(epoch))] = float(value)
+    losses = {k: v for k, v in series.items() if k.endswith("/loss")}
+    others = {k: v for k, v in series.items() if k.startswith("val/") and not k.endswith("loss")}
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, values in sorted(losses.items()):
+        ax1.plot(list(values), list(values.values()), marker="o", label=key)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    for key, values in sorted(others.items()):
+        ax2.plot(list(values), list(values.values()), marker="o", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation metric")
+    if others:
+        ax2.legend(fontsize="small")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write_bytes(out, png.getvalue())
+
+
+__all__ = [
+    "RunArtifacts",
+    "new_run_dir",
+    "open_run_dir",
+    "plot_curves",
+    "record_preflight",
+    "scalars",
+    "update_metrics_file",
+]
