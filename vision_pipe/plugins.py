@@ -30,7 +30,7 @@ import pluggy
 
 from vision_pipe import hookspecs
 from vision_pipe.errors import PluginError, did_you_mean
-from vision_pipe.registry import RESERVED_KEYS, StageRegistry
+from vision_pipe.registry import RESERVED_KEYS, StageConflictError, StageRegistry
 
 __all__ = [
     "DISABLE_ENV",
@@ -116,8 +116,8 @@ class PluginManager(pluggy.PluginManager):
             self._loading = ep
             try:
                 self.load_setuptools_entrypoints(group, name=ep.name)
-            except _StageConflict as exc:
-                raise PluginError(str(exc)) from exc.__cause__
+            except StageConflictError:
+                raise  # not a broken plugin: which of the two to use is for the user to say
             except Exception as exc:
                 package = ep.dist.name if ep.dist is not None else "unknown"
                 cause = exc.__cause__ if isinstance(exc, PluginError) and exc.__cause__ is not None else exc
@@ -180,6 +180,21 @@ class PluginManager(pluggy.PluginManager):
         if ep is not None and ep.name == name and ep.dist is not None:
             distribution = distribution or ep.dist.name
             version = version or ep.dist.version
+        # pluggy ignores functions without @hookimpl; a misspelt one is still worth a word
+        unmarked = [
+            attr
+            for attr in dir(plugin)
+            if attr.startswith("vision_pipe_")
+            and callable(getattr(plugin, attr, None))
+            and self.parse_hookimpl_opts(plugin, attr) is None
+            and not hasattr(self.hook, attr)
+        ]
+        if unmarked:
+            known = self._known_hooks()
+            raise PluginError(
+                f"plugin '{name}' defines unknown hook '{unmarked[0]}'.{did_you_mean(unmarked[0], known)} "
+                f"Hooks: {', '.join(known)}"
+            )
         try:
             registered = super().register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
@@ -199,6 +214,7 @@ class PluginManager(pluggy.PluginManager):
         try:
             self._collect_stages(plugin, info)
         except BaseException:
+            self.registry.discard_plugin(name)
             self.unregister(plugin)
             raise
         self.plugins[name] = info
@@ -221,12 +237,7 @@ class PluginManager(pluggy.PluginManager):
             if not isinstance(factories, (list, tuple)):
                 raise PluginError(f"plugin '{info.name}': vision_pipe_stages must return a list of factories")
             for factory in factories:
-                try:
-                    entry = self.registry.add(factory, plugin=info.name, distribution=info.distribution)
-                except PluginError as exc:
-                    if "is registered twice" in str(exc):
-                        raise _StageConflict(str(exc)) from exc
-                    raise
+                entry = self.registry.add(factory, plugin=info.name, distribution=info.distribution)
                 info.stages.append((entry.kind, entry.name))
 
     # -- pluggy's validation errors, in our words --------------------------------
@@ -270,7 +281,3 @@ class PluginManager(pluggy.PluginManager):
                     f"'{attr}' provides: {', '.join(valid) or '(no arguments)'} (accept any subset of them)"
                 )
         return PluginError(f"plugin '{name}' has an invalid hook implementation: {exc}")
-
-
-class _StageConflict(PluginError):
-    """Two plugins register the same stage: not a broken plugin, a choice for the user."""

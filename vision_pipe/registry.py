@@ -9,23 +9,23 @@ validated — for the YAML, the Python API and the testing kit alike),
 Type hints are read with their ``Annotated`` metadata, so constraints written
 in a signature — ``Annotated[int, Field(ge=1)]``, ``Annotated[float,
 annotated_types.Interval(gt=0, le=1)]``, ``Literal["avg", "max"]`` — are checked
-before the factory runs, and factories need no hand-written range checks.
+before the factory runs, and factories need no hand-written range checks. How
+those types read (docs, messages) is :mod:`vision_pipe.param_types`.
 """
 
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal, Union
+from typing import Any
 
-import annotated_types
 import pydantic
 
 from vision_pipe.errors import PluginError, StageError, VisionPipeError, did_you_mean
+from vision_pipe.param_types import CONSTRAINT_ERRORS, Loc, annotation_at, describe, path, type_str
 from vision_pipe.stages import KINDS, StageContext, StageInfo
 
 #: Keys of a stage entry in the YAML that are not factory parameters.
@@ -37,7 +37,8 @@ RESERVED_KEYS: dict[str, tuple[str, ...]] = {
     "head": ("name",),
 }
 
-Loc = tuple[str | int, ...]
+class StageConflictError(PluginError):
+    """Two plugins register the same (kind, name) and neither or both say ``override=True``."""
 
 
 class ParameterError(StageError):
@@ -52,89 +53,6 @@ class ParameterError(StageError):
         self.loc = loc
         self.problem = problem
         self.missing = missing
-
-
-# ----------------------------------------------------------------------------
-# reading constraints and types
-# ----------------------------------------------------------------------------
-
-
-def _bounds(metadata: typing.Iterable[Any]) -> tuple[list[tuple[str, Any]], list[str]]:
-    """(``[(op, value)]`` bounds, other constraint words) of ``Annotated`` metadata."""
-    bounds: list[tuple[str, Any]] = []
-    words: list[str] = []
-    for item in metadata:
-        if isinstance(item, pydantic.fields.FieldInfo):
-            sub, more = _bounds(item.metadata)
-            bounds += sub
-            words += more
-            continue
-        for attr, op in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
-            value = getattr(item, attr, None)
-            if value is not None and isinstance(item, (annotated_types.BaseMetadata, annotated_types.Interval)):
-                bounds.append((op, value))
-        if isinstance(item, annotated_types.MinLen) and item.min_length:
-            words.append(f"≥ {item.min_length} item{'s' if item.min_length > 1 else ''}")
-        if isinstance(item, annotated_types.MaxLen):
-            words.append(f"≤ {item.max_length} items")
-        if isinstance(item, annotated_types.Len):
-            words.append(
-                f"{item.min_length} items"
-                if item.min_length == item.max_length
-                else f"{item.min_length}..{item.max_length} items"
-            )
-        if isinstance(item, annotated_types.MultipleOf):
-            words.append(f"multiple of {item.multiple_of}")
-    return bounds, words
-
-
-def constraint_str(metadata: typing.Iterable[Any]) -> str:
-    """``Annotated`` metadata as words: ``≥ 1``, ``in (0, 1]``, ``3 items``; empty if none."""
-    bounds, words = _bounds(metadata)
-    low = [(op, v) for op, v in bounds if op in (">", "≥")]
-    high = [(op, v) for op, v in bounds if op in ("<", "≤")]
-    parts: list[str] = []
-    if low and high:
-        (lop, lv), (hop, hv) = low[-1], high[-1]
-        parts.append(f"in {'(' if lop == '>' else '['}{lv}, {hv}{')' if hop == '<' else ']'}")
-    elif low or high:
-        op, value = (low or high)[-1]
-        parts.append(f"{op} {value}")
-    if len(words) > 1 and words[0].startswith("≥ ") and words[1].startswith("≤ "):
-        low_n, high_n = words[0].split()[1], words[1].split()[1]
-        words = [f"{low_n} items" if low_n == high_n else f"{low_n}..{high_n} items", *words[2:]]
-    return ", ".join(parts + words)
-
-
-def type_str(annotation: Any) -> str:
-    """A readable type: ``int ≥ 1``, ``float in (0, 1] | None``, ``'avg' | 'max'``, ``list[str]``."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return "Any"
-    if annotation is None or annotation is type(None):
-        return "None"
-    if annotation is Ellipsis:
-        return "..."
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Annotated:
-        base = type_str(args[0])
-        extra = constraint_str(annotation.__metadata__)
-        if not extra:
-            return base
-        return f"{base} ({extra})" if " | " in base or "item" in extra else f"{base} {extra}"
-    if origin is Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin is Union or origin is types.UnionType:
-        return " | ".join(type_str(a) for a in args)
-    if origin is not None:
-        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
-        if name == "Callable" or not args:
-            return name
-        return f"{name}[{', '.join(type_str(a) for a in args)}]"
-    if isinstance(annotation, type):
-        return annotation.__name__
-    text = repr(annotation).replace("typing.", "").replace("pathlib.", "")
-    return text.replace("<class '", "").replace("'>", "")
 
 
 @dataclass(frozen=True)
@@ -160,63 +78,6 @@ class Parameter:
 # ----------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------
-
-#: pydantic error types whose message is better said with the parameter's own constraint.
-_CONSTRAINT_ERRORS = {
-    "greater_than", "greater_than_equal", "less_than", "less_than_equal", "literal_error",
-    "too_short", "too_long", "multiple_of", "finite_number",
-}  # fmt: skip
-
-
-def _describe(annotation: Any) -> str:
-    """What a value of ``annotation`` must be, for an error message."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is Annotated and typing.get_origin(args[0]) is None:
-        extra = constraint_str(annotation.__metadata__)
-        if extra:
-            return extra if extra.startswith("in ") or extra[0] in "<>≤≥" else f"{type_str(args[0])} with {extra}"
-    if origin is Union or origin is types.UnionType:
-        real = [a for a in args if a is not type(None)]
-        if len(real) == 1:
-            return _describe(real[0])
-    return type_str(annotation)
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``annotation`` without its ``Annotated`` layer and ``| None``."""
-    while True:
-        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-        if origin is Annotated:
-            annotation = args[0]
-        elif origin is Union or origin is types.UnionType:
-            real = [a for a in args if a is not type(None)]
-            if len(real) != 1:
-                return annotation
-            annotation = real[0]
-        else:
-            return annotation
-
-
-def _annotation_at(annotation: Any, loc: Loc) -> Any:
-    """The annotation of the value at ``loc`` (list indices, tuple positions) inside ``annotation``."""
-    for part in loc:
-        outer = _unwrap(annotation)
-        args = typing.get_args(outer)
-        if not isinstance(part, int) or not args or typing.get_origin(outer) in (Union, types.UnionType):
-            return None
-        annotation = args[0] if (len(args) == 1 or args[-1] is Ellipsis) else args[min(part, len(args) - 1)]
-    return annotation
-
-
-def _path(loc: Loc) -> str:
-    text = str(loc[0])
-    for part in loc[1:]:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
-
 
 @dataclass
 class StageEntry:
@@ -277,14 +138,11 @@ class StageEntry:
         if err["type"] == "extra_forbidden":
             key = str(loc[0])
             valid = [p.name for p in self.parameters] + [r for r in RESERVED_KEYS.get(self.kind, ()) if r != "name"]
-            problem = (
-                f"unknown parameter '{key}'.{did_you_mean(key, valid)} Its parameters: {', '.join(valid) or '(none)'}"
-            )
+            problem = f"{did_you_mean(key, valid)} Its parameters: {', '.join(valid) or '(none)'}"
             return ParameterError(
-                f"unknown parameter '{key}' for {self.label}.{did_you_mean(key, valid)} "
-                f"Its parameters: {', '.join(valid) or '(none)'}",
+                f"unknown parameter '{key}' for {self.label}.{problem}",
                 loc=loc,
-                problem=problem,
+                problem=f"unknown parameter '{key}'.{problem}",
             )
         if err["type"] == "missing":
             missing = True
@@ -295,17 +153,17 @@ class StageEntry:
             loc = loc or tuple(err["loc"])
             value = err.get("input")
             param = by_name.get(str(loc[0]))
-            annotation = _annotation_at(param.annotation, loc[1:]) if param is not None else None
-            if err["type"] in _CONSTRAINT_ERRORS and annotation is not None:
-                problem = f"{_path(loc)} must be {_describe(annotation)}, got {value!r}"
+            annotation = annotation_at(param.annotation, loc[1:]) if param is not None else None
+            if err["type"] in CONSTRAINT_ERRORS and annotation is not None:
+                problem = f"{path(loc)} must be {describe(annotation)}, got {value!r}"
                 if err["type"] == "literal_error" and isinstance(value, str):
                     choices = [str(a) for a in typing.get_args(annotation) if isinstance(a, str)]
                     hint = did_you_mean(value, choices, n=1)
                     problem += f".{hint}" if hint else ""
             else:
-                problem = f"{_path(loc)}: {err['msg']} (got {value!r})"
+                problem = f"{path(loc)}: {err['msg']} (got {value!r})"
                 if param is not None:
-                    problem += f"; it must be {_describe(param.annotation)}"
+                    problem += f"; it must be {describe(param.annotation)}"
         return ParameterError(f"{self.label}: {problem}{more}", loc=loc, problem=problem + more, missing=missing)
 
     def build(self, params: typing.Mapping[str, Any], context: StageContext | None = None) -> Any:
@@ -370,7 +228,9 @@ def signature_parameters(factory: Callable[..., Any], where: str) -> tuple[list[
     return params, takes_context
 
 
-def make_entry(factory: Callable[..., Any], *, plugin: str | None = None, distribution: str | None = None) -> StageEntry:
+def make_entry(
+    factory: Callable[..., Any], *, plugin: str | None = None, distribution: str | None = None
+) -> StageEntry:
     """A :class:`StageEntry` for a factory marked with :func:`vision_pipe.stage`, checked as at registration.
 
     ``plugin`` defaults to the factory's module. Raises :class:`PluginError` for what the
@@ -435,7 +295,7 @@ class StageRegistry:
                     f" (package {previous.distribution})" if previous.distribution else ""
                 )
                 both = " Both say override=True: disable one of the plugins." if info.override else ""
-                raise PluginError(
+                raise StageConflictError(
                     f"{entry.kind} stage '{entry.name}' is registered twice: by {prev_where} and by {where}.{both} "
                     "Disable one of the plugins, or mark the intended one with "
                     "@stage(..., override=True)"
@@ -470,6 +330,10 @@ class StageRegistry:
         for plugin, error in self.load_errors.items():
             message += f"\nplugin '{plugin}' failed to load and may provide it: {error}"
         raise StageError(message)
+
+    def discard_plugin(self, plugin: str) -> None:
+        """Forget the stages of ``plugin`` (one that failed half-way through registering)."""
+        self._entries = {key: e for key, e in self._entries.items() if e.plugin != plugin}
 
     def names(self, kind: str) -> list[str]:
         return sorted(n for (k, n) in self._entries if k == kind)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
-
 from torch import Tensor, nn
 
 from vision_pipe import Backbone, FeatureInfo, Features, hookimpl, stage

@@ -6,7 +6,6 @@ ImageNet's, in pixel units) or fitted on the training images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Annotated
 

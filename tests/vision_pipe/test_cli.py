@@ -40,7 +40,7 @@ def test_stages_lists_parameters_types_defaults_and_plugin(capsys):
     assert "      stages: int in [1, 5] = 5" in out
     assert "HorizontalFlip  [albumentations (vision-pipe)]" in out
     assert main(["stages", "--kind", "augmentation"]) == 0
-    assert "      p: float = 0.5" in capsys.readouterr().out
+    assert "      p: float in [0, 1] = 0.5" in capsys.readouterr().out
 
 
 def test_plugins_lists_packages_and_stages(capsys):

@@ -104,6 +104,24 @@ def test_unmarked_factory_instance_and_bad_kind_are_rejected():
         manager.register(_plugin("c", wrong_kind), name="c")
 
 
+def test_a_plugin_rejected_half_way_leaves_no_stage_behind():
+    @stage("backbone", "fine_one")
+    def fine_one(width: int = 1):
+        return None
+
+    @stage("backbone", "untyped_two")
+    def untyped_two(width=1):
+        return None
+
+    manager = PluginManager(autoload=False)
+    with pytest.raises(PluginError, match="no type hint"):
+        manager.register(_plugin("half", fine_one, untyped_two), name="half")
+    assert ("backbone", "fine_one") not in manager.registry and "half" not in manager.plugins
+    assert not manager.has_plugin("half")
+    manager.register(_plugin("half_fixed", fine_one), name="half")  # the name is free again
+    assert manager.registry.get("backbone", "fine_one").plugin == "half"
+
+
 def test_variadic_parameters_are_rejected():
     @stage("augmentation", "anything")
     def anything(p: float = 0.5, **kwargs: int):
@@ -150,6 +168,10 @@ def test_hook_with_wrong_signature_or_unknown_hook_is_rejected():
     typo.vision_pipe_befor_fit = hookimpl(lambda pipeline: None)
     with pytest.raises(PluginError, match=r"unknown hook 'vision_pipe_befor_fit'.*Did you mean 'vision_pipe_before_fit'"):
         PluginManager(autoload=False).register(typo, name="typo")
+    unmarked = types.ModuleType("unmarked")
+    unmarked.vision_pipe_after_tset = lambda pipeline: None  # no @hookimpl: pluggy alone would ignore it
+    with pytest.raises(PluginError, match=r"unknown hook 'vision_pipe_after_tset'.*Did you mean 'vision_pipe_after_test'"):
+        PluginManager(autoload=False).register(unmarked, name="unmarked")
 
 
 def test_class_instead_of_instance_is_rejected():

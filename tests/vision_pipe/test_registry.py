@@ -44,7 +44,7 @@ def test_constraints_are_kept_and_read_readably():
     [
         ({"width": 0}, "backbone stage 'constrained': width must be ≥ 1, got 0"),
         ({"ratio": 2}, "backbone stage 'constrained': ratio must be in (0, 1], got 2"),
-        ({"pooling": "mx"}, "backbone stage 'constrained': pooling must be one of 'avg', 'max', got 'mx'. Did you mean 'max'?"),
+        ({"pooling": "mx"}, "backbone stage 'constrained': pooling must be one of 'avg', 'max', got 'mx'. Did you mean 'max'?"),  # noqa: E501
         ({"depth": 0}, "backbone stage 'constrained': depth must be ≥ 1, got 0"),
         ({"scales": [1.0, -1.0]}, "backbone stage 'constrained': scales[1] must be > 0, got -1.0"),
         ({"widht": 3}, "unknown parameter 'widht' for backbone stage 'constrained'. Did you mean 'width'"),
