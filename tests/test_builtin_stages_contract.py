@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from vision_pipe import KINDS, ContractError
-from vision_pipe.plugins import PluginManager, StageEntry
+from vision_pipe.plugins import PluginManager
+from vision_pipe.registry import StageEntry
 from vision_pipe.testing import check_stage
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

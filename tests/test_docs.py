@@ -115,7 +115,8 @@ def test_the_reference_documents_every_builtin_stage_deterministically():
         assert f"### `{entry.name}`" in text
     assert re.search(r" at 0x[0-9a-f]+", text) is None and str(ROOT) not in text
     vgg = text[text.index("### `vgg`") :].split("\n### ")[0]
-    assert "| `depth` | `int` | `11` |" in vgg and "| `activation` | `Literal['relu', 'leaky_relu', 'elu']` | `'relu'` |" in vgg
+    assert "| `depth` | `8 \\| 11 \\| 13 \\| 16 \\| 19` | `11` |" in vgg and "| `width` | `int ≥ 1` | `64` |" in vgg
+    assert "| `activation` | `'relu' \\| 'leaky_relu' \\| 'elu'` | `'relu'` |" in vgg
     assert "width: channels of the first stage" in vgg  # the docstring
     assert "| `root` | `Path` | required |" in text
 

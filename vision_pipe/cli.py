@@ -116,9 +116,18 @@ def _message(exc: BaseException) -> str:
 
 
 def _manager(args: argparse.Namespace) -> Any:
-    from vision_pipe.plugins import PluginManager
+    """The plugin manager; plugins that failed to load are one warning on stderr (``plugins`` lists them)."""
+    import warnings
 
-    return PluginManager(disabled=args.disable)
+    from vision_pipe.plugins import PluginLoadWarning, PluginManager
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        manager = PluginManager(disabled=args.disable)
+    if manager.load_errors and args.command != "plugins":
+        listing = "".join(f"\n  {error}" for error in manager.load_errors.values())
+        print(f"warning: {len(manager.load_errors)} plugin(s) failed to load:{listing}", file=sys.stderr)
+    return manager
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -285,6 +294,8 @@ def _plugins(manager: Any) -> int:
         if len(info.stages) > 6:
             stages = ", ".join(f"{k}:{n}" for k, n in info.stages[:6]) + f", ... ({len(info.stages)} stages)"
         print(f"{info.name:<18} {package:<22} {stages}")
+    for name, error in manager.load_errors.items():
+        print(f"{name:<18} {'(failed to load)':<22} {error}")
     if manager.disabled:
         print(f"\ndisabled: {', '.join(sorted(manager.disabled))}")
     return 0

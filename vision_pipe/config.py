@@ -305,12 +305,16 @@ def validate(data: dict[str, Any], locs: Locations) -> PipelineConfig:
 def validate_stage_params(
     kind: str, spec: StageSpec, loc: Loc, registry: Any, locs: Locations, reserved: tuple[str, ...]
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Validate one stage entry against its factory's parameters.
+    """Validate one stage entry against its factory's parameters (:meth:`StageEntry.validate
+    <vision_pipe.registry.StageEntry.validate>`, the check every build path uses).
 
     Returns ``(entry, python_params, resolved_spec)``: the registry entry, the
     validated parameters for the factory, and the spec with every default
-    filled in (JSON-safe, for the saved config).
+    filled in (JSON-safe, for the saved config). A bad parameter is a
+    :class:`ConfigError` at its YAML file:line.
     """
+    from vision_pipe.registry import ParameterError
+
     name = spec["name"]
     try:
         entry = registry.get(kind, name)
@@ -319,21 +323,10 @@ def validate_stage_params(
     extras = {k: v for k, v in spec.items() if k in reserved}
     params = {k: v for k, v in spec.items() if k not in reserved}
     try:
-        validated = entry.params_model.model_validate(params)
-    except pydantic.ValidationError as exc:
-        err = pydantic_to_config_error(exc, params, locs, prefix=loc, what=f" for {kind} stage '{name}'")
-        # Unknown parameters: suggest the factory's own parameter names.
-        first = exc.errors()[0]
-        if first["type"] == "extra_forbidden":
-            key = str(first["loc"][-1])
-            valid = [p.name for p in entry.parameters] + [r for r in reserved if r != "name"]
-            raise ConfigError(
-                f"unknown parameter '{key}' for {kind} stage '{name}'.{did_you_mean(key, valid)} "
-                f"Its parameters: {', '.join(valid) or '(none)'}",
-                location=locs.find(loc + (key,)),
-                key=dotted(loc + (key,)),
-            ) from None
-        raise err from None
+        validated = entry.validate(params)
+    except ParameterError as exc:
+        where = loc if exc.missing else loc + exc.loc
+        raise ConfigError(str(exc), location=locs.find(where), key=dotted(loc + exc.loc)) from None
     python_params = {p.name: getattr(validated, p.name) for p in entry.parameters}
     resolved = {"name": name, **extras, **validated.model_dump(mode="json")}
     return entry, python_params, resolved

@@ -20,7 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from vision_pipe.plugins import PluginManager, StageEntry
+from vision_pipe.plugins import PluginManager
+from vision_pipe.registry import StageEntry
 from vision_pipe.stages import KINDS
 
 #: The command that regenerates the shipped reference.

@@ -81,11 +81,15 @@ def stage(kind: str, name: str | None = None, *, override: bool = False) -> Call
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One feature map a backbone produces.
+    """One feature map a backbone produces, as its ``feature_info`` declares it.
 
-    ``stride`` is the input size divided by the map's size (a power of two:
-    1, 2, 4, ...); ``channels`` the number of channels; ``name`` the key in
-    :attr:`Features.maps`.
+    ``name`` is the key in :attr:`Features.maps`; ``channels`` the map's C;
+    ``stride`` the input size divided by the map's size (a power of two: 1, 2,
+    4, ...): an (H, W) input gives an (ceil(H / stride), ceil(W / stride)) map,
+    so a 33 × 33 input gives 17 × 17 at stride 2 and 9 × 9 at stride 4. Heads
+    read these at build time (``context.feature_info``) to size their layers;
+    the contract check (``vision_pipe.testing.check_backbone``, and the
+    pipeline before a run) compares them with what ``forward`` returns.
     """
 
     name: str
@@ -243,14 +247,34 @@ class Normalizer(nn.Module, ABC):
     """
 
     #: Whether :meth:`fit` must run on the training split before training.
+    #:
+    #: True: ``Pipeline.fit`` calls :meth:`fit` once, after the pre-flight pass and
+    #: before the first epoch, on the training split resized to ``data.input_size``
+    #: (without augmentation); the fitted ``state_dict`` is cached on disk by a
+    #: fingerprint of the training samples, the input size and the stage's
+    #: parameters, so a later run on the same data loads it instead of fitting
+    #: again. ``test``/``predict`` after loading a checkpoint take the statistics
+    #: from the checkpoint and never fit. False: :meth:`fit` is never called and
+    #: :meth:`forward` must work with the statistics set in ``__init__`` (e.g.
+    #: given in the YAML). May be set per instance (``self.needs_fit = ...``) when
+    #: it depends on the parameters.
     needs_fit: ClassVar[bool] = True
 
     def fit(self, images: Iterable[np.ndarray]) -> None:
-        """Fit statistics in one streaming pass over (H, W, 3) uint8 RGB images of the input size."""
+        """Fit statistics in one streaming pass over (H, W, 3) uint8 RGB images of the input size.
+
+        ``images`` is a one-pass iterator (do not hold it whole in memory); it may be
+        empty, which should be a :class:`~vision_pipe.errors.StageError` saying so.
+        """
 
     @abstractmethod
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) float32 in [0, 255] → normalized (B, 3, H, W) float32."""
+        """(B, 3, H, W) float32 in [0, 255], RGB → normalized (B, 3, H, W) float32, finite.
+
+        Keeps the shape (any H, W the model is given, also sizes other than the
+        input size at prediction time), device and dtype float32; runs per batch
+        on the accelerator, so no Python loop over images.
+        """
 
     def save_artifacts(self, plots_dir: Path) -> list[Path]:
         """Write pictures of the fitted statistics (e.g. the mean image); return the paths."""
@@ -266,9 +290,10 @@ class Normalizer(nn.Module, ABC):
 class Features:
     """What a backbone returns.
 
-    ``maps``: feature maps by name, in order from finest to coarsest, each
-    (B, C, H/stride, W/stride) as declared in ``feature_info`` (sizes round up
-    for odd inputs). ``pool_indices``: for backbones that provide
+    ``maps``: feature maps by name, in the order of ``feature_info`` (finest to
+    coarsest), each a (B, C, ceil(H/stride), ceil(W/stride)) float tensor with the
+    name, C and stride that ``feature_info`` declares (sizes round up for odd
+    inputs: 33 px at stride 4 gives 9). ``pool_indices``: for backbones that provide
     ``"pool_indices"``, the max-pooling indices keyed by the name of the map the
     pooling *produced*, as ``(indices, input_size)`` where ``input_size`` is the
     (H, W) of the pooling's input — what ``max_unpool2d`` needs as ``output_size``.
@@ -281,13 +306,28 @@ class Features:
 class Backbone(nn.Module, ABC):
     """A backbone stage: (B, 3, H, W) float images → :class:`Features`."""
 
-    #: The maps :meth:`forward` returns, finest first.
+    #: The maps :meth:`forward` returns, finest first (set in ``__init__``).
     feature_info: list[FeatureInfo]
-    #: Capabilities beyond feature maps, e.g. ``{"pool_indices"}``.
+    #: Capabilities beyond feature maps. Known: ``"pool_indices"`` — :meth:`forward`
+    #: fills :attr:`Features.pool_indices` (needed by the ``fcn`` head's
+    #: ``upsample: unpool``). Heads read it at build time as
+    #: ``context.backbone_provides`` and raise a ChainError when a capability they
+    #: need is missing; the contract check verifies that a backbone providing
+    #: ``pool_indices`` returns them. Other names are free for plugins to agree on.
     provides: frozenset[str] = frozenset()
 
     @abstractmethod
-    def forward(self, images: Tensor) -> Features: ...
+    def forward(self, images: Tensor) -> Features:
+        """(B, 3, H, W) float32 images, as the normalization stage left them (without
+        one: pixel values in [0, 255]) → :class:`Features`.
+
+        Any H, W ≥ 1 (not only the pipeline's input size): every map of
+        ``feature_info`` is present, under its name, in that order, with its
+        channels and size (ceil(H / stride), ceil(W / stride)); same device as the
+        input, float (float32, or the autocast dtype under mixed precision);
+        differentiable with respect to the parameters. Return a :class:`Features`,
+        not a bare Tensor.
+        """
 
 
 # ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,8 @@ from torch import Tensor, nn
 
 from vision_pipe.errors import ContractError, StageError, VisionPipeError
 from vision_pipe.hookspecs import hookimpl
-from vision_pipe.plugins import StageEntry
+from vision_pipe.plugins import ENTRY_POINT_GROUP, PluginManager
+from vision_pipe.registry import StageEntry, make_entry
 from vision_pipe.results import (
     ClassificationPrediction,
     DetectionPrediction,
@@ -108,6 +110,7 @@ __all__ = [
     "check_loader",
     "check_normalization",
     "check_stage",
+    "load_plugin",
     "make_batch",
 ]
 
@@ -129,7 +132,12 @@ def _label(stage_like: Any, kind: str) -> str:
 
 
 def _call_factory(factory: Callable[..., Any], params: Mapping[str, Any], context: StageContext) -> Any:
-    """Call a factory with ``params``, and ``context`` when its signature asks for it."""
+    """Build with ``params`` as a pipeline would: a factory marked with :func:`vision_pipe.stage` through
+    a validated registry entry (its signature's types and constraints are checked first); any other
+    callable (e.g. an albumentations class) is called with ``params``, and ``context`` when its
+    signature asks for it."""
+    if isinstance(getattr(factory, "__vision_pipe_stage__", None), StageInfo):
+        return make_entry(factory).build(params, context)
     kwargs = dict(params)
     try:
         if "context" in inspect.signature(factory).parameters:
@@ -943,3 +951,30 @@ class BoringPlugin:
     def vision_pipe_stages(self) -> list[Callable[..., Any]]:
         return [boring_loader, boring_backbone]
 
+
+# ----------------------------------------------------------------------------
+# Loading one plugin alone
+# ----------------------------------------------------------------------------
+
+
+def load_plugin(plugin: Any, /) -> PluginManager:
+    """A plugin manager holding just ``plugin``: no other entry point is loaded.
+
+    ``plugin`` is a module (or plugin object), a module path (``"my_package.stages"``) or
+    the name of an installed entry point of the ``vision_pipe.plugins`` group. Its errors
+    raise (:class:`~vision_pipe.errors.PluginError`). Use it in a plugin's own tests::
+
+        manager = load_plugin("my_package.stages")
+        check_stage(manager.registry.get("backbone", "tiny"), width=4)
+    """
+    manager = PluginManager(autoload=False)
+    if isinstance(plugin, str):
+        if any(ep.name == plugin for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)):
+            manager.load_entry_points(names=[plugin], warn=False)
+            if plugin in manager.load_errors:
+                raise manager.load_errors[plugin]
+        else:
+            manager.load_module(plugin)
+    else:
+        manager.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
+    return manager

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import albumentations as A
+import annotated_types
 
 from vision_pipe import hookimpl, stage
 
@@ -22,14 +23,22 @@ from vision_pipe import hookimpl, stage
 _SKIP = {"BasicTransform", "DualTransform", "ImageOnlyTransform", "Transform3D", "Lambda", "TemplateTransform"}
 
 
+def _constrained(annotation: Any, metadata: list[Any]) -> Any:
+    """``annotation`` with the numeric bounds among ``metadata`` (``Annotated[float, Ge(0), Le(1)]``)."""
+    kinds = (annotated_types.Gt, annotated_types.Ge, annotated_types.Lt, annotated_types.Le)
+    bounds = [m for m in metadata if isinstance(m, kinds)]
+    return Annotated[(annotation, *bounds)] if bounds else annotation
+
+
 def _factory(cls: type) -> Callable[..., Any]:
     """A typed factory with ``cls``'s constructor signature."""
     signature = inspect.signature(cls)
     # albumentations validates its parameters with a pydantic ``InitSchema``;
-    # its field annotations are the resolved types of the constructor's hints.
+    # its field annotations are the resolved types of the constructor's hints,
+    # and its bounds (``Field(ge=0, le=1)``) become the stage's constraints.
     schema = getattr(cls, "InitSchema", None)
     fields = getattr(schema, "model_fields", {})
-    hints = {name: field.annotation for name, field in fields.items()}
+    hints = {name: _constrained(field.annotation, field.metadata) for name, field in fields.items()}
     parameters = [
         p.replace(annotation=hints.get(p.name, Any))
         for p in signature.parameters.values()

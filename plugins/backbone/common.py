@@ -1,4 +1,4 @@
-"""Helpers shared by the built-in backbones: parameter checks, activations, weight init.
+"""Helpers shared by the built-in backbones: parameter types, activations, weight init.
 
 Not a plugin (no hooks); imported by :mod:`vision_pipe_plugins.backbone.vgg` and
 :mod:`vision_pipe_plugins.backbone.resnet`.
@@ -7,39 +7,18 @@ Not a plugin (no hooks); imported by :mod:`vision_pipe_plugins.backbone.vgg` and
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any, Literal, get_args
+from typing import Annotated, Literal
 
+from pydantic import Field
 from torch import nn
-
-from vision_pipe import StageError, did_you_mean
 
 #: Activation functions a backbone can use.
 Activation = Literal["relu", "leaky_relu", "elu"]
 #: Weight initialisations a backbone can use.
 Init = Literal["he", "xavier"]
 
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
-INITS: tuple[str, ...] = get_args(Init)
-
-
-def check_choice(stage_name: str, param: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise :class:`StageError` unless ``value`` is one of ``choices``; the message lists them."""
-    choices = list(choices)
-    if value in choices:
-        return
-    valid = ", ".join(repr(c) for c in choices)
-    hint = ""
-    if isinstance(value, str):
-        hint = did_you_mean(value, [str(c) for c in choices], n=1)
-    raise StageError(f"backbone '{stage_name}': unknown {param} {value!r}; valid values are {valid}.{hint}")
-
-
-def check_range(stage_name: str, param: str, value: int, low: int, high: int | None = None) -> None:
-    """Raise :class:`StageError` unless ``low <= value`` (and ``value <= high`` when given)."""
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise StageError(f"backbone '{stage_name}': {param} must be {bound}, got {value!r}.")
+#: A channel count (``width``, ``in_channels``).
+Channels = Annotated[int, Field(ge=1)]
 
 
 def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
@@ -53,7 +32,7 @@ def make_activation(name: str, leaky_slope: float = 0.01) -> nn.Module:
         return nn.LeakyReLU(negative_slope=leaky_slope, inplace=leaky_slope >= 0)
     if name == "elu":
         return nn.ELU(inplace=True)
-    raise ValueError(f"unknown activation {name!r}")  # factories check first
+    raise ValueError(f"unknown activation {name!r}")  # the registry validates the factories' Literal
 
 
 def he_std(fan: int, activation: str, leaky_slope: float = 0.01) -> float:
@@ -84,7 +63,7 @@ def init_weights(model: nn.Module, init: str, activation: str, leaky_slope: floa
             elif init == "xavier":
                 nn.init.xavier_uniform_(module.weight)
             else:
-                raise ValueError(f"unknown init {init!r}")  # factories check first
+                raise ValueError(f"unknown init {init!r}")  # the registry validates the factories' Literal
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):

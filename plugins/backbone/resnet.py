@@ -6,13 +6,14 @@ expansion, stride on the 3×3 as torchvision's "ResNet v1.5") for 50/101/152.
 """
 
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from vision_pipe import Backbone, FeatureInfo, Features, hookimpl, stage
 
-from .common import ACTIVATIONS, INITS, Activation, Init, check_choice, check_range, init_weights, make_activation
+from .common import Activation, Channels, Init, init_weights, make_activation
 
 #: Depth → (block type, blocks per stage).
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -25,7 +26,6 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 #: ``small``: 3×3 conv stride 1, no pooling; ``imagenet``: 7×7 conv stride 2 + 3×3 max pooling stride 2.
 Stem = Literal["small", "imagenet"]
-STEMS: tuple[str, ...] = get_args(Stem)
 MAX_STAGES = 4
 
 
@@ -179,16 +179,16 @@ class ResNet(Backbone):
 
 @stage("backbone", "resnet")
 def resnet(
-    depth: int = 18,
-    width: int = 64,
-    stages: int = 4,
+    depth: Literal[10, 18, 34, 50, 101, 152] = 18,
+    width: Channels = 64,
+    stages: Annotated[int, Field(ge=1, le=MAX_STAGES)] = 4,
     activation: Activation = "relu",
     leaky_slope: float = 0.01,
     init: Init = "he",
     batch_norm: bool = True,
     stem: Stem = "small",
     zero_init_residual: bool = True,
-    in_channels: int = 3,
+    in_channels: Channels = 3,
 ) -> ResNet:
     """ResNet-style backbone (basic blocks for depth 10/18/34, bottlenecks for 50/101/152).
 
@@ -212,13 +212,6 @@ def resnet(
             weight, or its last conv without batch norm) so every block starts as identity.
         in_channels: channels of the input images.
     """
-    check_choice("resnet", "depth", depth, DEPTHS)
-    check_range("resnet", "stages", stages, 1, MAX_STAGES)
-    check_range("resnet", "width", width, 1)
-    check_range("resnet", "in_channels", in_channels, 1)
-    check_choice("resnet", "activation", activation, ACTIVATIONS)
-    check_choice("resnet", "init", init, INITS)
-    check_choice("resnet", "stem", stem, STEMS)
     block, blocks_per_stage = DEPTHS[depth]
     model = ResNet(
         block,

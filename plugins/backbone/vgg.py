@@ -6,13 +6,14 @@ halves the size (rounding up) and whose indices are returned for unpooling
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from vision_pipe import Backbone, FeatureInfo, Features, hookimpl, stage
 
-from .common import ACTIVATIONS, INITS, Activation, Init, check_choice, check_range, init_weights, make_activation
+from .common import Activation, Channels, Init, init_weights, make_activation
 
 #: Depth → convolutions per stage. Depth counts like torchvision's VGG names:
 #: conv layers + 3 (the classifier layers torchvision has and this backbone has not).
@@ -93,14 +94,14 @@ class VGG(Backbone):
 
 @stage("backbone", "vgg")
 def vgg(
-    depth: int = 11,
-    width: int = 64,
-    stages: int = 5,
+    depth: Literal[8, 11, 13, 16, 19] = 11,
+    width: Channels = 64,
+    stages: Annotated[int, Field(ge=1, le=MAX_STAGES)] = 5,
     activation: Activation = "relu",
     leaky_slope: float = 0.01,
     init: Init = "he",
     batch_norm: bool = True,
-    in_channels: int = 3,
+    in_channels: Channels = 3,
 ) -> VGG:
     """VGG-style backbone: 3×3 convs [+ batch norm] + activation, then 2×2 max pooling, per stage.
 
@@ -119,12 +120,6 @@ def vgg(
         batch_norm: batch norm after every conv (convs then have no bias).
         in_channels: channels of the input images.
     """
-    check_choice("vgg", "depth", depth, DEPTHS)
-    check_range("vgg", "stages", stages, 1, MAX_STAGES)
-    check_range("vgg", "width", width, 1)
-    check_range("vgg", "in_channels", in_channels, 1)
-    check_choice("vgg", "activation", activation, ACTIVATIONS)
-    check_choice("vgg", "init", init, INITS)
     convs = DEPTHS[depth][:stages]
     channels = [min(width * 2**i, 8 * width) for i in range(stages)]
     model = VGG(

@@ -10,11 +10,12 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from vision_pipe import (
@@ -184,11 +185,11 @@ def _write_confusion_png(confmat: np.ndarray, class_names: Sequence[str], path: 
 @stage("head", "classification")
 def classification(
     context: StageContext,
-    dropout: float = 0.0,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
     pooling: Literal["avg", "max"] = "avg",
     feature: str | None = None,
-    hidden: int = 0,
-    label_smoothing: float = 0.0,
+    hidden: Annotated[int, Field(ge=0)] = 0,
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> ClassificationHead:
     """Classify images from one backbone map (the coarsest unless ``feature`` names another).
 
@@ -196,14 +197,6 @@ def classification(
     ``hidden``: width of an extra Linear+ReLU layer (0: none); ``label_smoothing``: of the
     cross-entropy loss.
     """
-    if not 0.0 <= dropout < 1.0:
-        raise StageError(f"head 'classification': dropout must be in [0, 1), got {dropout}")
-    if pooling not in ("avg", "max"):
-        raise StageError(f"head 'classification': pooling must be 'avg' or 'max', got {pooling!r}")
-    if hidden < 0:
-        raise StageError(f"head 'classification': hidden must be >= 0 (0: no hidden layer), got {hidden}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise StageError(f"head 'classification': label_smoothing must be in [0, 1), got {label_smoothing}")
     if context.class_names is None or context.feature_info is None:
         raise StageError("head 'classification' needs the class names and the backbone's feature maps")
     if context.num_classes < 2:

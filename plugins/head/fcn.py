@@ -25,11 +25,12 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from vision_pipe import (
@@ -48,8 +49,6 @@ from vision_pipe import (
 if TYPE_CHECKING:
     import torchmetrics
 
-_UPSAMPLES = ("transposed", "unpool", "bilinear")
-_SKIPS = ("none", "fcn16", "fcn8", "concat")
 #: How many maps besides the coarsest each FCN skip mode scores and adds.
 _SCORE_SKIPS = {"none": 0, "fcn16": 1, "fcn8": 2}
 
@@ -347,10 +346,10 @@ def fcn(
     context: StageContext,
     upsample: Literal["transposed", "unpool", "bilinear"] = "transposed",
     skips: Literal["none", "fcn16", "fcn8", "concat"] = "fcn8",
-    channels: int = 64,
+    channels: Annotated[int, Field(ge=1)] = 64,
     ignore_index: int = 255,
     class_weights: list[float] | None = None,
-    dropout: float = 0.0,
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> FCNHead:
     """Segment images with a fully convolutional decoder over the backbone's maps.
 
@@ -365,14 +364,6 @@ def fcn(
         class_weights: one cross-entropy weight per class (background included).
         dropout: channel dropout on the coarsest map.
     """
-    if upsample not in _UPSAMPLES:
-        raise StageError(f"head 'fcn': upsample must be one of {list(_UPSAMPLES)}, got {upsample!r}")
-    if skips not in _SKIPS:
-        raise StageError(f"head 'fcn': skips must be one of {list(_SKIPS)}, got {skips!r}")
-    if channels < 1:
-        raise StageError(f"head 'fcn': channels must be >= 1, got {channels}")
-    if not 0.0 <= dropout < 1.0:
-        raise StageError(f"head 'fcn': dropout must be in [0, 1), got {dropout}")
     if context.class_names is None or context.feature_info is None:
         raise StageError("head 'fcn' needs the class names and the backbone's feature maps")
     if context.num_classes < 2:

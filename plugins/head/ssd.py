@@ -25,12 +25,13 @@ import csv
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from vision_pipe import (
@@ -59,6 +60,57 @@ DEFAULT_MIN_STRIDE = 8
 _IOU_50 = 0
 #: Recall thresholds of COCO's interpolated precision (101 points, 0..1).
 _RECALLS = np.linspace(0.0, 1.0, 101)
+
+
+#: A fraction of the image, or an IoU: in (0, 1].
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+AtLeastOne = Annotated[int, Field(ge=1)]
+
+
+@dataclass(frozen=True)
+class DefaultBoxSpec:
+    """How the default boxes are laid out (paper section 2.2; torchvision's ``DefaultBoxGenerator``).
+
+    ``aspect_ratios``: per map, the ratios besides 1 (each ``a`` gives boxes ``a`` and ``1/a``);
+    ``min_scale``, ``max_scale``: scales of the finest and coarsest map as fractions of the
+    image's shorter side, linear in between (eq. 4); ``clip``: clip the boxes to the image.
+    """
+
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    min_scale: float = 0.2
+    max_scale: float = 0.9
+    clip: bool = True
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """Matching, box coding and the loss (torchvision's ``SSDMatcher`` + ``BoxCoder`` + loss weights);
+    the keywords of :func:`~vision_pipe_plugins.head.ssd_boxes.ssd_loss`.
+
+    ``iou_threshold``: a default box with IoU >= this with a ground truth is matched to it;
+    ``variances``: box-coding variances (centre, size); ``neg_pos_ratio``: hard negatives per
+    positive; ``min_negatives``: hard negatives per image at least; ``alpha``: weight of the
+    localization loss.
+    """
+
+    iou_threshold: float = 0.5
+    variances: tuple[float, float] = (0.1, 0.2)
+    neg_pos_ratio: float = 3.0
+    min_negatives: int = 3
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """Post-processing (score filter → top-k → per-class NMS → cap per image); the keywords of
+    :func:`~vision_pipe_plugins.head.ssd_boxes.postprocess` besides ``variances``."""
+
+    score_thresh: float = 0.01
+    nms_thresh: float = 0.45
+    topk_candidates: int = 400
+    detections_per_img: int = 100
 
 
 @dataclass(frozen=True)
@@ -124,8 +176,6 @@ def backbone_maps(
         raise ChainError(f"head 'ssd': backbone '{backbone_name}' declares no feature maps")
     if feature_maps is None:
         return [info for info in feature_info if info.stride >= DEFAULT_MIN_STRIDE] or [feature_info[-1]]
-    if not feature_maps:
-        raise StageError("head 'ssd': feature_maps must name at least one backbone map (or be left out)")
     for name in feature_maps:
         if name not in maps:
             raise ChainError(
@@ -216,7 +266,8 @@ class SSDHead(Head):
     Training contract (as torchvision's SSD): :meth:`forward` returns :class:`SSDOutputs`;
     :meth:`loss` gives ``{"loss", "loss_conf", "loss_loc"}``; :meth:`detect` / :meth:`decode`
     give per image boxes, scores (descending) and labels ``0..C-1`` (background removed).
-    Every threshold is a named keyword with SSD's default.
+    Its numbers come grouped: :class:`DefaultBoxSpec` (``boxes``), :class:`MatchSpec`
+    (``match``) and :class:`PostprocessSpec` (``postprocess``), each with SSD's defaults.
     """
 
     task = "detection"
@@ -227,34 +278,19 @@ class SSDHead(Head):
         num_classes: int,
         input_size: tuple[int, int],
         first_stride: int,
+        boxes: DefaultBoxSpec,
         *,
-        aspect_ratios: Sequence[Sequence[float]],
-        min_scale: float = 0.2,
-        max_scale: float = 0.9,
-        clip: bool = True,
+        match: MatchSpec = MatchSpec(),
+        postprocess: PostprocessSpec = PostprocessSpec(),
         batch_norm: bool = True,
-        iou_threshold: float = 0.5,
-        variances: tuple[float, float] = (0.1, 0.2),
-        neg_pos_ratio: float = 3.0,
-        min_negatives: int = 3,
-        alpha: float = 1.0,
-        score_thresh: float = 0.01,
-        nms_thresh: float = 0.45,
-        topk_candidates: int = 400,
-        detections_per_img: int = 100,
     ) -> None:
         super().__init__()
         self.maps = list(maps)
         self.num_classes = num_classes
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.first_stride = int(first_stride)
-        self.aspect_ratios = [list(map(float, r)) for r in aspect_ratios]
-        self.min_scale, self.max_scale, self.clip = min_scale, max_scale, clip
-        self.iou_threshold = iou_threshold
-        self.variances = (float(variances[0]), float(variances[1]))
-        self.neg_pos_ratio, self.min_negatives, self.alpha = neg_pos_ratio, min_negatives, alpha
-        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
-        self.topk_candidates, self.detections_per_img = topk_candidates, detections_per_img
+        self.boxes, self.match, self.postprocess = boxes, match, postprocess
+        self.aspect_ratios = [list(r) for r in boxes.aspect_ratios]
         self.backbone_maps = [m.name for m in self.maps if not m.extra]
 
         extras: list[nn.Module] = []
@@ -283,8 +319,9 @@ class SSDHead(Head):
         on ``like``'s device, float32; cached."""
         key = (tuple(sizes), tuple(image_size), like.device)
         if key not in self._defaults_cache:
+            b = self.boxes
             self._defaults_cache[key] = default_boxes(
-                sizes, image_size, self.min_scale, self.max_scale, self.aspect_ratios, self.clip, device=like.device
+                sizes, image_size, b.min_scale, b.max_scale, self.aspect_ratios, b.clip, device=like.device
             )
         return self._defaults_cache[key]
 
@@ -319,11 +356,7 @@ class SSDHead(Head):
             outputs.box_offsets.float(),
             targets,
             outputs.defaults,
-            iou_threshold=self.iou_threshold,
-            variances=self.variances,
-            neg_pos_ratio=self.neg_pos_ratio,
-            min_negatives=self.min_negatives,
-            alpha=self.alpha,
+            **asdict(self.match),
         )
 
     def targets(self, batch: Batch, device: torch.device) -> list[tuple[Tensor, Tensor]]:
@@ -349,11 +382,8 @@ class SSDHead(Head):
             outputs.box_offsets.detach().float(),
             outputs.defaults,
             1,  # normalized coordinates: an image of 1 × 1
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            topk_candidates=self.topk_candidates,
-            detections_per_img=self.detections_per_img,
-            variances=self.variances,
+            **asdict(self.postprocess),
+            variances=self.match.variances,
         )
         for r in results:
             r["labels"] = r["labels"] - 1  # 1..C → 0..C-1 (background is internal)
@@ -494,17 +524,14 @@ def _write_pr_png(computed: dict[str, Tensor], class_names: Sequence[str], ap50:
 
 def _resolve_aspect_ratios(
     aspect_ratios: list[float] | list[list[float]] | None, specs: Sequence[MapSpec], num_maps: int | None
-) -> list[list[float]]:
-    """One list of ratios (besides 1) per map: ``None`` → ``[2]`` each, a flat list → the same for each."""
+) -> tuple[tuple[float, ...], ...]:
+    """One tuple of ratios (besides 1) per map: ``None`` → ``(2,)`` each, a flat list → the same for each."""
     if aspect_ratios is None:
-        return [[2.0] for _ in specs]
+        return tuple((2.0,) for _ in specs)
     if all(not isinstance(r, (list, tuple)) for r in aspect_ratios):
-        ratios = [[float(r) for r in aspect_ratios] for _ in specs]  # type: ignore[union-attr]
+        ratios = tuple(tuple(float(r) for r in aspect_ratios) for _ in specs)  # type: ignore[arg-type]
     else:
-        ratios = [[float(r) for r in per_map] for per_map in aspect_ratios]  # type: ignore[union-attr]
-    for r in (r for per_map in ratios for r in per_map):
-        if not r > 0:
-            raise StageError(f"head 'ssd': aspect_ratios must be positive, got {r}")
+        ratios = tuple(tuple(float(r) for r in per_map) for per_map in aspect_ratios)  # type: ignore[union-attr]
     if len(ratios) != len(specs):
         plan = ", ".join(f"{s.name} {s.size[0]}×{s.size[1]}" for s in specs)
         message = (
@@ -515,68 +542,26 @@ def _resolve_aspect_ratios(
     return ratios
 
 
-def _check_parameters(**values: Any) -> None:
-    """Raise :class:`StageError` naming the parameter for values outside their range."""
-    checks = {
-        "num_maps": lambda v: v is None or v >= 1,
-        "extra_channels": lambda v: v >= 2,
-        "min_scale": lambda v: 0 < v <= 1,
-        "max_scale": lambda v: 0 < v <= 1,
-        "iou_threshold": lambda v: 0 < v <= 1,
-        "variances": lambda v: len(v) == 2 and all(x > 0 for x in v),
-        "neg_pos_ratio": lambda v: v >= 0,
-        "min_negatives": lambda v: v >= 0,
-        "alpha": lambda v: v >= 0,
-        "score_thresh": lambda v: 0 <= v < 1,
-        "nms_thresh": lambda v: 0 < v <= 1,
-        "topk_candidates": lambda v: v >= 1,
-        "detections_per_img": lambda v: v >= 1,
-    }
-    wanted = {
-        "num_maps": ">= 1 (or left out: down to 1×1)",
-        "extra_channels": ">= 2",
-        "min_scale": "in (0, 1]",
-        "max_scale": "in (0, 1]",
-        "iou_threshold": "in (0, 1]",
-        "variances": "two positive numbers (centre, size), e.g. [0.1, 0.2]",
-        "neg_pos_ratio": ">= 0",
-        "min_negatives": ">= 0",
-        "alpha": ">= 0",
-        "score_thresh": "in [0, 1)",
-        "nms_thresh": "in (0, 1]",
-        "topk_candidates": ">= 1",
-        "detections_per_img": ">= 1",
-    }
-    for name, ok in checks.items():
-        if not ok(values[name]):
-            raise StageError(f"head 'ssd': {name} must be {wanted[name]}, got {values[name]!r}")
-    if values["min_scale"] > values["max_scale"]:
-        raise StageError(
-            f"head 'ssd': min_scale ({values['min_scale']}) must be <= max_scale ({values['max_scale']}); "
-            "they are the default-box scales of the finest and the coarsest map"
-        )
-
-
 @stage("head", "ssd")
 def ssd(
     context: StageContext,
-    feature_maps: list[str] | None = None,
-    num_maps: int | None = None,
-    extra_channels: int = 256,
+    feature_maps: Annotated[list[str], Field(min_length=1)] | None = None,
+    num_maps: AtLeastOne | None = None,
+    extra_channels: Annotated[int, Field(ge=2)] = 256,
     batch_norm: bool = True,
-    min_scale: float = 0.2,
-    max_scale: float = 0.9,
-    aspect_ratios: list[float] | list[list[float]] | None = None,
+    min_scale: Fraction = 0.2,
+    max_scale: Fraction = 0.9,
+    aspect_ratios: list[Positive] | list[list[Positive]] | None = None,
     clip: bool = True,
-    iou_threshold: float = 0.5,
-    variances: tuple[float, float] = (0.1, 0.2),
-    neg_pos_ratio: float = 3.0,
-    min_negatives: int = 3,
-    alpha: float = 1.0,
-    score_thresh: float = 0.01,
-    nms_thresh: float = 0.45,
-    topk_candidates: int = 400,
-    detections_per_img: int = 100,
+    iou_threshold: Fraction = 0.5,
+    variances: tuple[Positive, Positive] = (0.1, 0.2),
+    neg_pos_ratio: NonNegative = 3.0,
+    min_negatives: Annotated[int, Field(ge=0)] = 3,
+    alpha: NonNegative = 1.0,
+    score_thresh: Annotated[float, Field(ge=0, lt=1)] = 0.01,
+    nms_thresh: Fraction = 0.45,
+    topk_candidates: AtLeastOne = 400,
+    detections_per_img: AtLeastOne = 100,
 ) -> SSDHead:
     """Detect objects with SSD: class scores and box offsets for default boxes on several maps.
 
@@ -604,12 +589,11 @@ def ssd(
         topk_candidates: best boxes per class considered for NMS.
         detections_per_img: detections kept per image (COCO evaluates at most 100).
     """
-    _check_parameters(
-        num_maps=num_maps, extra_channels=extra_channels, min_scale=min_scale, max_scale=max_scale,
-        iou_threshold=iou_threshold, variances=variances, neg_pos_ratio=neg_pos_ratio,
-        min_negatives=min_negatives, alpha=alpha, score_thresh=score_thresh, nms_thresh=nms_thresh,
-        topk_candidates=topk_candidates, detections_per_img=detections_per_img,
-    )  # fmt: skip
+    if min_scale > max_scale:
+        raise StageError(
+            f"head 'ssd': min_scale ({min_scale}) must be <= max_scale ({max_scale}); "
+            "they are the default-box scales of the finest and the coarsest map"
+        )
     if context.class_names is None or context.feature_info is None:
         raise StageError("head 'ssd' needs the class names and the backbone's feature maps")
     if context.num_classes < 1:
@@ -624,20 +608,10 @@ def ssd(
         context.num_classes,
         context.input_size,
         first.stride,
-        aspect_ratios=ratios,
-        min_scale=min_scale,
-        max_scale=max_scale,
-        clip=clip,
+        DefaultBoxSpec(ratios, min_scale, max_scale, clip),
+        match=MatchSpec(iou_threshold, (float(variances[0]), float(variances[1])), neg_pos_ratio, min_negatives, alpha),
+        postprocess=PostprocessSpec(score_thresh, nms_thresh, topk_candidates, detections_per_img),
         batch_norm=batch_norm,
-        iou_threshold=iou_threshold,
-        variances=variances,
-        neg_pos_ratio=neg_pos_ratio,
-        min_negatives=min_negatives,
-        alpha=alpha,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        topk_candidates=topk_candidates,
-        detections_per_img=detections_per_img,
     )
 
 

@@ -6,10 +6,12 @@ ImageNet's, in pixel units) or fitted on the training images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from typing import Annotated
+
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from vision_pipe import Normalizer, StageError, hookimpl, stage
@@ -19,18 +21,9 @@ _MIN_STD = 1e-3
 _NAME = "normalization stage 'channel_stats'"
 
 
-def _check_stats(name: str, values: Sequence[float], *, positive: bool) -> list[float]:
-    """``values`` as 3 finite floats in [0, 255] (> 0 when ``positive``), else a StageError naming ``name``."""
-    values = [float(v) for v in values]
-    if len(values) != 3:
-        raise StageError(f"{_NAME}: '{name}' must have 3 values (R, G, B), got {len(values)}: {values}")
-    for channel, value in zip("RGB", values):
-        if not math.isfinite(value) or not 0 <= value <= 255 or (positive and value <= 0):
-            bound = "in (0, 255]" if positive else "in [0, 255]"
-            raise StageError(
-                f"{_NAME}: '{name}' of channel {channel} is {value}; it must be {bound} (pixel units)"
-            )
-    return values
+#: Three per-channel values (R, G, B) in pixel units.
+MeanRGB = Annotated[list[Annotated[float, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+StdRGB = Annotated[list[Annotated[float, Field(gt=0, le=255)]], Field(min_length=3, max_length=3)]
 
 
 class ChannelStats(Normalizer):
@@ -57,8 +50,8 @@ class ChannelStats(Normalizer):
         self.mean: Tensor
         self.std: Tensor
         if mean is not None and std is not None:
-            given_mean = _check_stats("mean", mean, positive=False)
-            given_std = _check_stats("std", std, positive=True)
+            given_mean = [float(v) for v in mean]
+            given_std = [float(v) for v in std]
             if max(given_mean) <= 1 and max(given_std) <= 1:
                 raise StageError(
                     f"{_NAME}: mean {given_mean} and std {given_std} look like statistics of images in [0, 1]; "
@@ -118,7 +111,7 @@ class ChannelStats(Normalizer):
 
 
 @stage("normalization", "channel_stats")
-def channel_stats(mean: list[float] | None = None, std: list[float] | None = None) -> ChannelStats:
+def channel_stats(mean: MeanRGB | None = None, std: StdRGB | None = None) -> ChannelStats:
     """Subtract a per-channel mean and divide by a per-channel std, given or fitted on the training images.
 
     ``mean``, ``std``: 3 values each (R, G, B) in pixel units [0, 255], e.g.

@@ -35,11 +35,12 @@ def test_stages_lists_parameters_types_defaults_and_plugin(capsys):
     assert main(["stages"]) == 0
     out = capsys.readouterr().out
     assert "  vgg  [vgg (vision-pipe)]" in out
-    assert "      depth: int = 11" in out
-    assert "      activation: Literal['relu', 'leaky_relu', 'elu'] = 'relu'" in out
+    assert "      depth: 8 | 11 | 13 | 16 | 19 = 11" in out
+    assert "      activation: 'relu' | 'leaky_relu' | 'elu' = 'relu'" in out
+    assert "      stages: int in [1, 5] = 5" in out
     assert "HorizontalFlip  [albumentations (vision-pipe)]" in out
     assert main(["stages", "--kind", "augmentation"]) == 0
-    assert "      p: float = 0.5" in capsys.readouterr().out
+    assert "      p: float in [0, 1] = 0.5" in capsys.readouterr().out
 
 
 def test_plugins_lists_packages_and_stages(capsys):

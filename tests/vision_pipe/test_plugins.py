@@ -10,7 +10,7 @@ import cv2
 import pytest
 
 from vision_pipe import Pipeline, PluginError, hookimpl, stage
-from vision_pipe.plugins import PluginManager
+from vision_pipe.plugins import PluginLoadWarning, PluginManager
 
 BUILTIN_PLUGINS = {
     "synthetic_shapes", "image_folder", "mean_image", "channel_stats",
@@ -104,6 +104,24 @@ def test_unmarked_factory_instance_and_bad_kind_are_rejected():
         manager.register(_plugin("c", wrong_kind), name="c")
 
 
+def test_a_plugin_rejected_half_way_leaves_no_stage_behind():
+    @stage("backbone", "fine_one")
+    def fine_one(width: int = 1):
+        return None
+
+    @stage("backbone", "untyped_two")
+    def untyped_two(width=1):
+        return None
+
+    manager = PluginManager(autoload=False)
+    with pytest.raises(PluginError, match="no type hint"):
+        manager.register(_plugin("half", fine_one, untyped_two), name="half")
+    assert ("backbone", "fine_one") not in manager.registry and "half" not in manager.plugins
+    assert not manager.has_plugin("half")
+    manager.register(_plugin("half_fixed", fine_one), name="half")  # the name is free again
+    assert manager.registry.get("backbone", "fine_one").plugin == "half"
+
+
 def test_variadic_parameters_are_rejected():
     @stage("augmentation", "anything")
     def anything(p: float = 0.5, **kwargs: int):
@@ -130,13 +148,30 @@ def test_hook_with_wrong_signature_or_unknown_hook_is_rejected():
         pass
 
     bad.vision_pipe_before_fit = vision_pipe_before_fit
-    with pytest.raises(PluginError, match="unknown_argument"):
+    with pytest.raises(PluginError, match="unknown_argument") as info:
         PluginManager(autoload=False).register(bad, name="bad")
+    assert str(info.value) == (
+        "plugin 'bad': hook 'vision_pipe_before_fit' takes argument(s) 'unknown_argument' that the hook does not "
+        "provide. 'vision_pipe_before_fit' provides: pipeline, run_dir (accept any subset of them)"
+    )
+
+    @hookimpl
+    def vision_pipe_after_fit(pipeline, rundir, metrics):
+        pass
+
+    misspelt = types.ModuleType("misspelt")
+    misspelt.vision_pipe_after_fit = vision_pipe_after_fit
+    with pytest.raises(PluginError, match=r"plugin 'misspelt': hook 'vision_pipe_after_fit' takes argument\(s\) 'rundir'.*Did you mean 'run_dir'\?.*provides: pipeline, run_dir, metrics"):
+        PluginManager(autoload=False).register(misspelt, name="misspelt")
 
     typo = types.ModuleType("typo")
     typo.vision_pipe_befor_fit = hookimpl(lambda pipeline: None)
     with pytest.raises(PluginError, match=r"unknown hook 'vision_pipe_befor_fit'.*Did you mean 'vision_pipe_before_fit'"):
         PluginManager(autoload=False).register(typo, name="typo")
+    unmarked = types.ModuleType("unmarked")
+    unmarked.vision_pipe_after_tset = lambda pipeline: None  # no @hookimpl: pluggy alone would ignore it
+    with pytest.raises(PluginError, match=r"unknown hook 'vision_pipe_after_tset'.*Did you mean 'vision_pipe_after_test'"):
+        PluginManager(autoload=False).register(unmarked, name="unmarked")
 
 
 def test_class_instead_of_instance_is_rejected():
@@ -241,28 +276,71 @@ def broken_package(tmp_path, monkeypatch):
 
 
 def test_a_broken_plugin_names_itself_and_its_package_with_the_error_chained(broken_package):
-    with pytest.raises(PluginError) as info:
-        PluginManager()
-    message = str(info.value)
+    with pytest.warns(PluginLoadWarning, match=r"1 plugin\(s\) failed to load") as caught:
+        manager = PluginManager()
+    assert len(caught) == 1
+    assert "vgg" in manager.plugins and "broken_thing" not in manager.plugins
+    error = manager.load_errors["broken_thing"]
+    message = str(error)
     assert message.startswith(
         "Error loading plugin 'broken_thing' (package broken-vision-things, module broken_thing_mod): "
         "ImportError: cannot import name shiny_op from torchvision.ops."
     )
     assert "--disable broken_thing" in message and "VISION_PIPE_DISABLE_PLUGINS=broken_thing" in message
-    assert isinstance(info.value.__cause__, ImportError) and "shiny_op" in str(info.value.__cause__)
+    assert isinstance(error.__cause__, ImportError) and "shiny_op" in str(error.__cause__)
+    assert message in str(caught[0].message)
 
 
-def test_a_disabled_broken_plugin_does_not_stop_other_pipelines(broken_package, tiny_config, write_yaml, monkeypatch, capsys):
+def test_all_load_errors_are_collected_in_one_warning(tmp_path, monkeypatch):
+    bad_hook = """
+from vision_pipe import hookimpl
+
+@hookimpl
+def vision_pipe_before_fit(pipeline, rundir):
+    pass
+"""
+    _install_fake_distribution(
+        tmp_path, "two-broken", {"broken_a": "broken_a_mod", "broken_b": "broken_b_mod"},
+        {"broken_a_mod": "raise RuntimeError('a is broken')\n", "broken_b_mod": bad_hook},
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(PluginLoadWarning) as caught:
+        manager = PluginManager()
+    assert len(caught) == 1
+    warning = str(caught[0].message)
+    assert "2 plugin(s) failed to load" in warning and "'broken_a'" in warning and "'broken_b'" in warning
+    assert sorted(manager.load_errors) == ["broken_a", "broken_b"]
+    assert "RuntimeError: a is broken" in str(manager.load_errors["broken_a"])
+    b = str(manager.load_errors["broken_b"])
+    assert b.startswith("Error loading plugin 'broken_b' (package two-broken, module broken_b_mod): plugin 'broken_b'")
+    assert "Did you mean 'run_dir'" in b and "Disable it with --disable broken_b" in b
+    assert "broken_b" not in manager.plugins and not manager.hook.vision_pipe_before_fit.get_hookimpls()
+
+
+def test_a_broken_plugin_fails_only_pipelines_that_need_a_missing_stage(broken_package, tiny_config, write_yaml, monkeypatch, capsys):
     from vision_pipe.cli import main
 
     path = str(write_yaml("p.yaml", tiny_config))
-    assert main(["check", path]) == 2
-    assert "error: Error loading plugin 'broken_thing' (package broken-vision-things" in capsys.readouterr().err
+    assert main(["check", path]) == 0
+    out, err = capsys.readouterr()
+    assert "OK" in out
+    assert "warning: 1 plugin(s) failed to load:\n  Error loading plugin 'broken_thing' (package broken-vision-things" in err
+    tiny_config["model"]["backbone"] = {"name": "shiny_net"}
+    missing = str(write_yaml("missing.yaml", tiny_config))
+    assert main(["check", missing]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backbone stage 'shiny_net'" in err
+    assert "plugin 'broken_thing' failed to load and may provide it: Error loading plugin 'broken_thing'" in err
     assert main(["check", path, "--disable", "broken_thing"]) == 0
-    assert "OK" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "OK" in out and "warning" not in err
+    assert main(["plugins"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("broken_thing "))
+    assert "(failed to load)" in line and "ImportError: cannot import name shiny_op" in line
     monkeypatch.setenv("VISION_PIPE_DISABLE_PLUGINS", "broken_thing")
     pipe = Pipeline.from_yaml(path, ["trainer.max_epochs=1"])
     assert "broken_thing" not in pipe.manager.plugins and "vgg" in pipe.manager.plugins
+    assert not pipe.manager.load_errors
     assert pipe.fit()["fit/epochs"] == 1.0
     monkeypatch.delenv("VISION_PIPE_DISABLE_PLUGINS")
     monkeypatch.setenv("VISION_PIPE_NO_AUTOLOAD", "1")

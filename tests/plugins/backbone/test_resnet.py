@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from vision_pipe import Backbone, Features, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.backbone import resnet as resnet_module
 from vision_pipe_plugins.backbone.common import he_std
 from vision_pipe_plugins.backbone.resnet import DEPTHS, Bottleneck, resnet
@@ -154,7 +155,7 @@ def test_gradients_reach_first_conv(batch_norm: bool) -> None:
 )
 def test_invalid_parameters(params: dict, words: list[str]) -> None:
     with pytest.raises(StageError) as info:
-        resnet(**params)
+        make_entry(resnet).build(params)
     message = str(info.value)
     assert "resnet" in message
     for word in words:

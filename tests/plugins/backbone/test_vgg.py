@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vision_pipe import Backbone, Features, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.backbone import vgg as vgg_module
 from vision_pipe_plugins.backbone.common import he_std
 from vision_pipe_plugins.backbone.vgg import DEPTHS, vgg
@@ -150,7 +151,7 @@ def test_gradients_reach_first_conv() -> None:
 )
 def test_invalid_parameters(params: dict, words: list[str]) -> None:
     with pytest.raises(StageError) as info:
-        vgg(**params)
+        make_entry(vgg).build(params)
     message = str(info.value)
     assert "vgg" in message
     for word in words:

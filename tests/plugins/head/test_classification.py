@@ -24,6 +24,7 @@ from vision_pipe import (
     StageContext,
     StageError,
 )
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.head import classification as module
 from vision_pipe_plugins.head.classification import ClassificationHead, classification
 
@@ -297,7 +298,7 @@ def test_unknown_feature_is_chain_error_naming_backbone_and_maps() -> None:
 )
 def test_invalid_parameters_are_stage_errors(params: dict[str, typing.Any], word: str) -> None:
     with pytest.raises(StageError, match=word):
-        classification(make_context(), **params)
+        make_entry(classification).build(params, make_context())
 
 
 def test_fewer_than_two_classes_is_stage_error() -> None:

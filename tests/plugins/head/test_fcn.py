@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vision_pipe import Batch, ChainError, SegmentationPrediction, StageContext, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.backbone.resnet import resnet
 from vision_pipe_plugins.backbone.vgg import vgg
 from vision_pipe_plugins.head.fcn import FCNHead, UpStep, bilinear_kernel, fcn
@@ -121,8 +122,8 @@ def test_skip_from_a_missing_stage_is_a_chain_error() -> None:
 def test_bad_parameters_are_stage_errors(backbone) -> None:
     with pytest.raises(StageError, match="class_weights"):
         fcn(make_context(backbone), class_weights=[1.0, 2.0])
-    with pytest.raises(StageError, match="dropout"):
-        fcn(make_context(backbone), dropout=1.0)
+    with pytest.raises(StageError, match=r"head stage 'fcn': dropout must be in \[0, 1\), got 1.0"):
+        make_entry(fcn).build({"dropout": 1.0}, make_context(backbone))
 
 
 def _head() -> FCNHead:

@@ -7,6 +7,7 @@ The box arithmetic itself (default boxes, coding, matching, mining, loss, NMS) i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from vision_pipe_plugins.backbone.resnet import resnet
 from vision_pipe_plugins.backbone.vgg import vgg
 from vision_pipe_plugins.head.ssd import (
+    MatchSpec,
+    PostprocessSpec,
     SSDHead,
     SSDOutputs,
     _flatten,
@@ -34,6 +37,7 @@ from vision_pipe import (
     StageContext,
     StageError,
 )
+from vision_pipe.registry import make_entry
 
 NAMES = ("a", "b", "c")
 SSD300_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
@@ -218,7 +222,7 @@ def test_decode_maps_boxes_back_to_the_original_image() -> None:
 
 def test_decode_sorts_scores_and_caps_detections() -> None:
     head = _one_box_head()
-    head.detections_per_img = 1
+    head.postprocess = dataclasses.replace(head.postprocess, detections_per_img=1)
     defaults = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     logits = torch.zeros(1, 2, 4)
     logits[0, 0, 1] = 3.0  # class a, lower score
@@ -227,7 +231,7 @@ def test_decode_sorts_scores_and_caps_detections() -> None:
     (pred,) = head.decode(SSDOutputs(logits, torch.zeros(1, 2, 4), defaults), batch, NAMES)
     assert pred.labels.tolist() == [2]
     np.testing.assert_allclose(pred.boxes, [[5.0, 5.0, 10.0, 10.0]], atol=1e-5)
-    head.detections_per_img = 100
+    head.postprocess = dataclasses.replace(head.postprocess, detections_per_img=100)
     (pred,) = head.decode(SSDOutputs(logits, torch.zeros(1, 2, 4), defaults), batch, NAMES)
     assert pred.labels.tolist() == [2, 0]
     assert pred.scores[0] > pred.scores[1]
@@ -398,7 +402,28 @@ def test_aspect_ratio_lists_must_match_the_maps(small_vgg) -> None:
 )
 def test_bad_parameters_are_stage_errors(small_vgg, params: dict, word: str) -> None:
     with pytest.raises(StageError, match=word):
-        ssd(make_context(small_vgg), **params)
+        make_entry(ssd).build(params, make_context(small_vgg))
+
+
+def test_parameter_errors_name_the_stage_the_parameter_and_its_constraint(small_vgg) -> None:
+    entry = make_entry(ssd)
+    with pytest.raises(StageError) as info:
+        entry.build({"nms_thresh": 2}, make_context(small_vgg))
+    assert str(info.value) == "head stage 'ssd': nms_thresh must be in (0, 1], got 2"
+    with pytest.raises(StageError, match=r"variances\[1\] must be > 0, got -0.2"):
+        entry.build({"variances": (0.1, -0.2)}, make_context(small_vgg))
+    types = {p.name: p.type_str() for p in entry.parameters}
+    assert types["nms_thresh"] == "float in (0, 1]" and types["score_thresh"] == "float in [0, 1)"
+    assert types["num_maps"] == "int ≥ 1 | None" and types["variances"] == "tuple[float > 0, float > 0]"
+
+
+def test_the_head_groups_its_numbers_in_spec_objects(small_vgg) -> None:
+    head = make_entry(ssd).build({"nms_thresh": 0.3, "min_scale": 0.1, "iou_threshold": 0.6}, make_context(small_vgg))
+    assert head.postprocess == PostprocessSpec(nms_thresh=0.3)
+    assert head.match == MatchSpec(iou_threshold=0.6)
+    assert head.boxes.min_scale == 0.1 and head.boxes.max_scale == 0.9 and head.boxes.clip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        head.postprocess.nms_thresh = 0.5  # type: ignore[misc]
 
 
 def test_chain_error_comes_from_the_pipeline_before_training(tiny_config) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vision_pipe import Normalizer, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.normalization.channel_stats import ChannelStats, channel_stats, vision_pipe_stages
 
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
@@ -105,16 +106,16 @@ def test_state_dict_round_trip() -> None:
 @pytest.mark.parametrize(
     ("mean", "std", "match"),
     [
-        (IMAGENET_MEAN, [58.0, 0.0, 57.0], r"'std' of channel G is 0.0; it must be in \(0, 255\]"),
-        (IMAGENET_MEAN, [58.0, 57.0], r"'std' must have 3 values"),
-        ([300.0, 0.0, 0.0], IMAGENET_STD, r"'mean' of channel R is 300.0"),
+        (IMAGENET_MEAN, [58.0, 0.0, 57.0], r"std\[1\] must be in \(0, 255\], got 0.0"),
+        (IMAGENET_MEAN, [58.0, 57.0], r"std must be list\[float in \(0, 255\]\] \(3 items\)"),
+        ([300.0, 0.0, 0.0], IMAGENET_STD, r"mean\[0\] must be in \[0, 255\], got 300.0"),
         ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], r"images in \[0, 1\].*multiply by 255"),
         (IMAGENET_MEAN, None, r"'std' is missing"),
     ],
 )
 def test_invalid_given_statistics(mean: list[float], std: list[float] | None, match: str) -> None:
     with pytest.raises(StageError, match=match):
-        channel_stats(mean=mean, std=std)
+        make_entry(channel_stats).build({"mean": mean, "std": std})
 
 
 def test_empty_iterable() -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vision_pipe import Normalizer, StageContext, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.normalization.mean_image import MeanImage, mean_image, vision_pipe_stages
 
 H, W = 7, 5
@@ -152,8 +153,9 @@ def test_wrong_batch_size() -> None:
 
 
 def test_unknown_divisor() -> None:
-    with pytest.raises(StageError, match="divide_by"):
-        make_stage("max")
+    context = StageContext(task="classification", seed=0, input_size=(H, W))
+    with pytest.raises(StageError, match=r"divide_by must be one of 'none', 'std', '255', got 'max'"):
+        make_entry(mean_image).build({"divide_by": "max"}, context)
 
 
 def test_save_artifacts(tmp_path: Path) -> None:
