@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ SPLITS = ("train", "val", "test")
 class SubsetSource(SampleSource):
     """The samples of ``source`` at ``indices`` (a split of it)."""
 
-    def __init__(self, source: SampleSource, indices: Sequence[int]) -> None:
+    def __init__(self, source: SampleSource, indices: Sequence[int] | np.ndarray) -> None:
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
 
@@ -180,7 +180,7 @@ class PipelineDataset(Dataset):
 
 
 def transform_sample(
-    sample: Sample, task: str | Task | None, transform: A.Compose, input_size: tuple[int, int]
+    sample: Mapping[str, Any], task: str | Task | None, transform: A.Compose, input_size: tuple[int, int]
 ) -> dict[str, Any]:
     """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8, the task's targets) and ``meta``."""
     spec = as_task(task)

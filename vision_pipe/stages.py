@@ -355,8 +355,9 @@ class Head(nn.Module, ABC):
         return get_task(self.task).summarize(computed, class_names, plots_dir)
 
     @abstractmethod
-    def decode(self, outputs: Any, batch: Batch, class_names: Sequence[str]) -> list[Prediction]:
-        """Predictions for each image, in the original image's pixel coordinates."""
+    def decode(self, outputs: Any, batch: Batch, class_names: Sequence[str]) -> Sequence[Prediction]:
+        """Predictions for each image (a list, of the task's prediction type), in the original image's
+        pixel coordinates."""
 
 
 __all__ = [

@@ -163,7 +163,7 @@ def write_iou_png(iou: np.ndarray, class_names: Sequence[str], miou: float, path
     ax.barh(rows, np.nan_to_num(iou, nan=0.0), color="tab:blue")
     for row, value in zip(rows, iou):
         label = f"{value:.3f}" if np.isfinite(value) else "n/a"
-        ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, row, label, va="center", fontsize=8)
+        ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, float(row), label, va="center", fontsize=8)
     title = "IoU per class"
     if np.isfinite(miou):
         ax.axvline(miou, color="tab:red", linestyle="--")
