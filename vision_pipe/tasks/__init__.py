@@ -14,6 +14,9 @@ A new task is a :class:`Task` subclass in a module of this package, added to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from vision_pipe.errors import ConfigError, did_you_mean
 from vision_pipe.results import Prediction
 from vision_pipe.tasks.base import IMAGES_ONLY, Task
@@ -55,7 +58,7 @@ def task_of_prediction(prediction: Prediction) -> Task:
     return IMAGES_ONLY
 
 
-def task_of_item(item: dict[str, object]) -> Task:
+def task_of_item(item: Mapping[str, Any]) -> Task:
     """The task of a transformed sample (or batch) from the target keys it has (:data:`IMAGES_ONLY` for none)."""
     for task in _REGISTERED.values():
         if task.target_keys[0] in item:
