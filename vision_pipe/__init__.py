@@ -37,6 +37,7 @@ from vision_pipe.io import (
     read_image,
     require_dir,
     require_file,
+    write_png,
 )
 from vision_pipe.results import (
     ClassificationPrediction,
@@ -58,7 +59,6 @@ from vision_pipe.samples import (
 )
 from vision_pipe.stages import (
     KINDS,
-    TASKS,
     Backbone,
     Batch,
     FeatureInfo,
@@ -72,6 +72,7 @@ from vision_pipe.stages import (
     StageContext,
     stage,
 )
+from vision_pipe.tasks import TASKS
 
 if TYPE_CHECKING:
     from vision_pipe.pipeline import Pipeline
@@ -135,6 +136,7 @@ __all__ = [
     "require_file",
     "stage",
     "voc_palette",
+    "write_png",
 ]
 
 

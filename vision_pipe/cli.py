@@ -251,12 +251,10 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
 
 
 def _describe(pred: Any) -> str:
-    d = pred.to_dict()
-    if "class_name" in d:
-        return f"{d['id']}: {d['class_name']} ({d['score']:.3f})"
-    if "boxes" in d:
-        return f"{d['id']}: {len(d['boxes'])} object(s)"
-    return f"{d['id']}: {d.get('pixels_per_class', {})}"
+    """One line about a prediction, as its task describes it."""
+    from vision_pipe.tasks import task_of_prediction
+
+    return task_of_prediction(pred).describe(pred)
 
 
 def _stages(manager: Any, kind: str | None, show_all: bool, markdown: bool = False) -> int:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.errors import ConfigError, StageError, did_you_mean
+from vision_pipe.tasks import TASKS
 
 # ----------------------------------------------------------------------------
 # Schema
@@ -176,7 +177,7 @@ class PipelineConfig(_Strict):
     """One pipeline: its stages, optimization, and Lightning trainer settings."""
 
     name: str
-    task: Literal["classification", "segmentation", "detection"]
+    task: Literal[TASKS]  # type: ignore[valid-type]  # the registered tasks (vision_pipe.tasks)
     seed: int = 0
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
     data: DataConfig

@@ -4,15 +4,18 @@ Samples are decoded by the loading stage, resized to the pipeline's input size
 and augmented (training split only) with one ``albumentations.Compose`` in
 DataLoader workers — masks and boxes follow every geometric transform — then
 collated into uint8 batches. Normalization happens later, per batch, on the
-accelerator (see :mod:`vision_pipe.module`).
+accelerator (see :mod:`vision_pipe.module`). What depends on the task — the
+Compose's targets, the targets' tensors and their collation — is asked of the
+task object (:mod:`vision_pipe.tasks`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
@@ -24,7 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from vision_pipe.config import BoxRules
 from vision_pipe.errors import DataError
+from vision_pipe.samples import check_image
 from vision_pipe.stages import Batch, LoadedData, Sample, SampleSource
+from vision_pipe.tasks import Task, as_task, task_of_item
 
 SPLITS = ("train", "val", "test")
 
@@ -37,7 +42,7 @@ SPLITS = ("train", "val", "test")
 class SubsetSource(SampleSource):
     """The samples of ``source`` at ``indices`` (a split of it)."""
 
-    def __init__(self, source: SampleSource, indices: Sequence[int]) -> None:
+    def __init__(self, source: SampleSource, indices: Sequence[int] | np.ndarray) -> None:
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
 
@@ -117,34 +122,26 @@ _RESIZING = (
 
 
 def build_transform(
-    task: str, input_size: tuple[int, int], augmentations: Sequence[A.BasicTransform], *, boxes: BoxRules | None = None
+    task: str | Task | None,
+    input_size: tuple[int, int],
+    augmentations: Sequence[A.BasicTransform],
+    *,
+    boxes: BoxRules | None = None,
 ) -> A.Compose:
-    """Resize to ``input_size`` (H, W), then ``augmentations``, as one Compose for ``task``'s targets.
+    """Resize to ``input_size`` (H, W), then ``augmentations``, as one Compose with ``task``'s targets
+    (:meth:`vision_pipe.tasks.Task.compose`; ``None``: images only, as for prediction).
 
-    Detection boxes (``pascal_voc`` = xyxy pixels) follow every geometric
-    transform, are clipped to the image and dropped by ``boxes`` (no box is
-    dropped when ``boxes`` is None, as for evaluation); masks follow with
-    nearest-neighbour interpolation sampled at pixel centres (resizing transforms
-    get ``INTER_NEAREST_EXACT`` instead of plain ``INTER_NEAREST``), so they stay aligned.
+    Detection boxes follow every geometric transform, are clipped to the image
+    and dropped by ``boxes`` (no box is dropped when ``boxes`` is None, as for
+    evaluation); masks follow with nearest-neighbour interpolation sampled at
+    pixel centres (resizing transforms get ``INTER_NEAREST_EXACT`` instead of
+    plain ``INTER_NEAREST``), so they stay aligned.
     """
     resize = A.Resize(height=input_size[0], width=input_size[1], mask_interpolation=cv2.INTER_NEAREST_EXACT)
-    transforms = [resize, *augmentations]
     for t in augmentations:
         if isinstance(t, _RESIZING) and getattr(t, "mask_interpolation", None) == cv2.INTER_NEAREST:
             t.mask_interpolation = cv2.INTER_NEAREST_EXACT
-    if task == "detection":
-        rules = boxes or BoxRules(min_visibility=0.0)
-        bbox = A.BboxParams(
-            format="pascal_voc",
-            label_fields=["labels", "difficult"],
-            min_visibility=rules.min_visibility,
-            min_area=rules.min_area,
-            min_width=rules.min_width,
-            min_height=rules.min_height,
-            clip=True,
-        )
-        return A.Compose(transforms, bbox_params=bbox)
-    return A.Compose(transforms)
+    return as_task(task).compose([resize, *augmentations], boxes)
 
 
 def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> None:
@@ -161,14 +158,6 @@ def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> No
         t = stack.pop()
         t.seed, t.random_generator, t.py_random = seed, rng, py_random
         stack.extend(getattr(t, "transforms", None) or [])
-
-
-def check_image(image: Any, sample_id: str) -> np.ndarray:
-    """Check that a loader produced an (H, W, 3) uint8 image."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise DataError(f"{sample_id}: the loader produced a {desc}; expected an (H, W, 3) uint8 RGB image")
-    return image
 
 
 class PipelineDataset(Dataset):
@@ -189,20 +178,13 @@ class PipelineDataset(Dataset):
 
 
 def transform_sample(
-    sample: Sample, task: str, transform: A.Compose, input_size: tuple[int, int]
+    sample: Mapping[str, Any], task: str | Task | None, transform: A.Compose, input_size: tuple[int, int]
 ) -> dict[str, Any]:
-    """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8) and ``meta``."""
+    """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8, the task's targets) and ``meta``."""
+    spec = as_task(task)
     sample_id = str(sample.get("id", "?"))
     image = check_image(sample.get("image"), sample_id)
-    inputs: dict[str, Any] = {"image": image}
-    if task == "segmentation":
-        inputs["mask"] = _compact_mask(sample["mask"])
-    elif task == "detection":
-        inputs["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
-        inputs["labels"] = np.asarray(sample["labels"], dtype=np.int64).reshape(-1)
-        difficult = sample.get("difficult")
-        n = len(inputs["labels"])
-        inputs["difficult"] = np.zeros(n, bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
+    inputs: dict[str, Any] = {"image": image, **spec.transform_inputs(sample)}
     # Reproducible under the pipeline seed: each sample's augmentation seed is
     # drawn from torch's RNG, which Lightning seeds per process and per worker.
     seed_transform(transform, int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -214,47 +196,19 @@ def transform_sample(
             f"input_size is {tuple(input_size)}; end the augmentation with a size-keeping transform "
             f"(e.g. RandomResizedCrop with size={list(input_size)}, or PadIfNeeded + RandomCrop)"
         )
-    item: dict[str, Any] = {
+    return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
         "meta": {"id": sample_id, "orig_size": tuple(sample["image"].shape[:2])},
+        **spec.transformed_targets(sample, out),
     }
-    if task == "classification":
-        item["label"] = torch.tensor(int(sample["label"]), dtype=torch.int64)
-    elif task == "segmentation":
-        item["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
-    elif task == "detection":
-        item["boxes"] = torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4))
-        item["labels"] = torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1))
-        item["difficult"] = torch.as_tensor(np.asarray(out["difficult"], dtype=bool).reshape(-1))
-    return item
 
 
-def _compact_mask(mask: np.ndarray) -> np.ndarray:
-    """Class ids as uint8 when they fit (they do with <= 255 classes: 255 is ignore), else int32.
-
-    OpenCV, which albumentations calls, has no kernels for int64 in several
-    operations (e.g. morphology); and smaller masks are faster to warp.
-    """
-    mask = np.asarray(mask)
-    if mask.dtype == np.uint8:
-        return mask
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 255):
-        return mask.astype(np.int32)
-    return mask.astype(np.uint8)
-
-
-def collate(items: list[dict[str, Any]]) -> Batch:
-    """Stack fixed-size entries; keep per-image lists for boxes and labels of detection."""
+def collate(items: list[dict[str, Any]], task: str | Task | None = None) -> Batch:
+    """Stack the images, list the ``meta``; the targets as ``task`` collates them (by default, the
+    task whose targets the items have): stacked labels or masks, per-image lists of boxes."""
+    spec = as_task(task) if task is not None else task_of_item(items[0])
     batch: dict[str, Any] = {"image": torch.stack([it["image"] for it in items]), "meta": [it["meta"] for it in items]}
-    first = items[0]
-    if "label" in first:
-        batch["label"] = torch.stack([it["label"] for it in items])
-    if "mask" in first:
-        batch["mask"] = torch.stack([it["mask"] for it in items])
-    if "boxes" in first:
-        batch["boxes"] = [it["boxes"] for it in items]
-        batch["labels"] = [it["labels"] for it in items]
-        batch["difficult"] = [it.get("difficult", torch.zeros(len(it["labels"]), dtype=torch.bool)) for it in items]
+    batch.update(spec.collate_targets(items))
     return batch  # type: ignore[return-value]
 
 
@@ -330,7 +284,7 @@ class PipelineDataModule(pl.LightningDataModule):
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, task=as_task(self.task)),
             pin_memory=on_gpu,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_worker_init if self.num_workers else None,

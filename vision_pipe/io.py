@@ -10,6 +10,7 @@ built-in ones do:
 - :func:`file_stamp` — what a fingerprint records of a file (size, mtime);
 - :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save` — a
   reader (or a later run) never sees a half-written file;
+- :func:`write_png` — an image or a class-id mask as a PNG, atomically;
 - :data:`SPLITS`, :data:`IMAGE_EXTENSIONS`, :data:`IMAGE_EXTENSION_LIST`.
 """
 
@@ -155,6 +156,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as a PNG, atomically; return ``path``."""
+    ok, data = cv2.imencode(".png", array)
+    if not ok:
+        raise DataError(f"could not encode {path} as PNG (array {array.dtype} {array.shape})")
+    atomic_write_bytes(path, data.tobytes())
+    return path
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename."""
     import torch
@@ -177,4 +187,5 @@ __all__ = [
     "require_dir",
     "require_file",
     "to_rgb",
+    "write_png",
 ]

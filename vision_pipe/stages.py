@@ -14,7 +14,7 @@ loading        :class:`Loader`
 normalization  :class:`Normalizer` (an ``nn.Module``)
 augmentation   an ``albumentations`` transform (``albumentations.BasicTransform``)
 backbone       :class:`Backbone` (an ``nn.Module`` with ``feature_info``)
-head           :class:`Head` (an ``nn.Module`` owning loss, metrics and decoding)
+head           :class:`Head` (an ``nn.Module`` owning loss and decoding; metrics from its task)
 ============== ======================================================================
 
 Samples are plain dicts (see :class:`Sample`); batches are dicts of tensors
@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
 import numpy as np
 from torch import Tensor, nn
 
+from vision_pipe.errors import StageError
+from vision_pipe.samples import IGNORE_INDEX
+
 if TYPE_CHECKING:
     import torchmetrics
 
@@ -39,8 +42,6 @@ if TYPE_CHECKING:
 
 #: The kinds of stage, in pipeline order.
 KINDS: tuple[str, ...] = ("loading", "normalization", "augmentation", "backbone", "head")
-#: The tasks a pipeline can have.
-TASKS: tuple[str, ...] = ("classification", "segmentation", "detection")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -336,10 +337,23 @@ class Backbone(nn.Module, ABC):
 
 
 class Head(nn.Module, ABC):
-    """A head stage: features → task outputs; owns loss, metrics and decoding."""
+    """A head stage: features → task outputs; owns forward, loss and decoding.
 
-    #: The task this head solves (one of :data:`TASKS`).
+    Evaluation belongs to the head's task (:mod:`vision_pipe.tasks`): the default
+    :meth:`make_metrics`, :meth:`update_metrics` and :meth:`summarize` use the
+    task's metrics, summaries and plots, fed with :meth:`evaluation_outputs`. So a
+    new head of an existing task implements ``forward``, ``loss`` and ``decode``
+    (and ``evaluation_outputs`` when its raw outputs are not the task's evaluation
+    form), sets :attr:`num_classes`, and inherits the rest. A head may still
+    override the three metric methods with its own.
+    """
+
+    #: The task this head solves (one of :data:`vision_pipe.tasks.TASKS`).
     task: ClassVar[str]
+    #: The number of classes; the task's metrics need it (set it in ``__init__``).
+    num_classes: int
+    #: The target value the task's metrics ignore (a segmentation mask's unlabelled pixels).
+    ignore_index: int = IGNORE_INDEX
 
     @abstractmethod
     def forward(self, features: Features) -> Any:
@@ -349,29 +363,50 @@ class Head(nn.Module, ABC):
     def loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
         """Loss terms; the key ``"loss"`` is the one optimized."""
 
-    @abstractmethod
+    def evaluation_outputs(self, outputs: Any, batch: Batch) -> Any:
+        """Raw ``outputs`` in the task's evaluation form (default: unchanged).
+
+        classification: logits (B, C); segmentation: logits (B, C, H, W);
+        detection: a list of B dicts ``{"boxes": (K, 4) float xyxy in pixels of the
+        model input, "scores": (K,), "labels": (K,) int64 in 0..C-1}``.
+        """
+        return outputs
+
     def make_metrics(self) -> torchmetrics.MetricCollection:
-        """A fresh metric collection (one per split is made)."""
+        """A fresh metric collection (one per split is made): the task's, for :attr:`num_classes`."""
+        num_classes = getattr(self, "num_classes", None)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise StageError(
+                f"head {type(self).__name__} ({self.task}) uses its task's metrics, which need the number of "
+                "classes: set self.num_classes in __init__ (or override make_metrics, update_metrics and summarize)"
+            )
+        from vision_pipe.tasks import get_task  # the tasks build on these contracts: imported when used
 
-    @abstractmethod
+        return get_task(self.task).make_metrics(num_classes, ignore_index=self.ignore_index)
+
     def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Any, batch: Batch) -> None:
-        """Feed one batch to ``metrics``."""
+        """Feed one batch to ``metrics``: :meth:`evaluation_outputs` of ``outputs``, to the task's metrics."""
+        from vision_pipe.tasks import get_task
 
-    @abstractmethod
+        get_task(self.task).update_metrics(metrics, self.evaluation_outputs(outputs, batch), batch)
+
     def summarize(
         self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
     ) -> dict[str, float]:
         """Turn ``metrics.compute()`` into flat scalars (keys without split prefix,
-        e.g. ``acc``); write pictures/CSVs into ``plots_dir`` when it is given."""
+        e.g. ``acc``); write pictures/CSVs into ``plots_dir`` when it is given (the task's)."""
+        from vision_pipe.tasks import get_task
+
+        return get_task(self.task).summarize(computed, class_names, plots_dir)
 
     @abstractmethod
-    def decode(self, outputs: Any, batch: Batch, class_names: Sequence[str]) -> list[Prediction]:
-        """Predictions for each image, in the original image's pixel coordinates."""
+    def decode(self, outputs: Any, batch: Batch, class_names: Sequence[str]) -> Sequence[Prediction]:
+        """Predictions for each image (a list, of the task's prediction type), in the original image's
+        pixel coordinates."""
 
 
 __all__ = [
     "KINDS",
-    "TASKS",
     "Backbone",
     "Batch",
     "FeatureInfo",

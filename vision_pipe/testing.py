@@ -57,18 +57,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vision_pipe.errors import ContractError, StageError, VisionPipeError
+from vision_pipe.errors import ContractError, DataError, StageError, VisionPipeError
 from vision_pipe.hookspecs import hookimpl
 from vision_pipe.plugins import ENTRY_POINT_GROUP, PluginManager
 from vision_pipe.registry import StageEntry, make_entry
-from vision_pipe.results import (
-    ClassificationPrediction,
-    DetectionPrediction,
-    Prediction,
-    SegmentationPrediction,
-)
+from vision_pipe.samples import IGNORE_INDEX, check_boxes, check_id
 from vision_pipe.stages import (
-    TASKS,
     Backbone,
     Batch,
     FeatureInfo,
@@ -83,20 +77,14 @@ from vision_pipe.stages import (
     StageInfo,
     stage,
 )
+from vision_pipe.tasks import TASKS, get_task
 
-#: Mask value of pixels without a label.
-IGNORE_INDEX = 255
 #: Least |correlation| between the transformed image and mask for them to count as aligned.
 MIN_ALIGNMENT = 0.5
 #: Least IoU between a transformed box and the box of the transformed mask object.
 MIN_BOX_IOU = 0.5
 #: The class names the kit gives stages that need some (background first, for segmentation).
 KIT_CLASSES: tuple[str, ...] = ("background", "circle", "square")
-_PREDICTIONS: dict[str, type[Prediction]] = {
-    "classification": ClassificationPrediction,
-    "segmentation": SegmentationPrediction,
-    "detection": DetectionPrediction,
-}
 
 __all__ = [
     "BoringBackbone",
@@ -260,63 +248,14 @@ def _check_source(source: Any, task: str, num_classes: int, label: str, max_samp
 
 
 def _check_sample(sample: Any, task: str, num_classes: int, label: str) -> None:
-    """Check one sample against the schema of :class:`~vision_pipe.stages.Sample`."""
+    """Check one sample against the sample contract (:mod:`vision_pipe.samples`, through the task)."""
     if not isinstance(sample, Mapping):
         raise _fail(label, f"is a {type(sample).__name__}; a sample is a dict (vision_pipe.Sample)")
-    image = sample.get("image")
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"a {image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else repr(type(image))
-        raise _fail(label, f"'image' is {desc}; it must be (H, W, 3) uint8 RGB (e.g. np.clip(x * 255, 0, 255).astype(np.uint8))")
-    if not isinstance(sample.get("id"), str):
-        raise _fail(label, f"'id' must be a str (e.g. the file path); got {sample.get('id')!r}")
-    if task == "classification":
-        _check_label(sample, num_classes, label)
-    elif task == "segmentation":
-        _check_mask(sample.get("mask"), image.shape[:2], num_classes, label)
-    else:
-        _check_boxes(sample, image.shape[:2], num_classes, label)
-
-
-def _check_label(sample: Mapping[str, Any], num_classes: int, label: str) -> None:
-    value = sample.get("label")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < num_classes:
-        raise _fail(label, f"'label' must be an int in [0, {num_classes}); got {value!r}")
-
-
-def _check_mask(mask: Any, size: tuple[int, ...], num_classes: int, label: str) -> None:
-    if not isinstance(mask, np.ndarray) or mask.shape != tuple(size) or not np.issubdtype(mask.dtype, np.integer):
-        desc = f"a {mask.dtype} array of shape {mask.shape}" if isinstance(mask, np.ndarray) else repr(type(mask))
-        raise _fail(label, f"'mask' is {desc}; it must be an integer (H, W) = {tuple(size)} array of class ids")
-    bad = np.setdiff1d(np.unique(mask), [*range(num_classes), IGNORE_INDEX])
-    if bad.size:
-        raise _fail(label, f"'mask' has values {bad[:5].tolist()}; they must be in [0, {num_classes}) or {IGNORE_INDEX}")
-
-
-def _check_boxes(sample: Mapping[str, Any], size: tuple[int, ...], num_classes: int, label: str) -> None:
-    boxes = np.asarray(sample.get("boxes"), dtype=np.float64) if sample.get("boxes") is not None else None
-    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise _fail(label, f"'boxes' must be an (N, 4) xyxy array; got {sample.get('boxes')!r}")
-    height, width = size
-    valid = (
-        np.isfinite(boxes).all(axis=1)
-        & (boxes[:, 0] < boxes[:, 2])
-        & (boxes[:, 1] < boxes[:, 3])
-        & (boxes[:, 0] >= 0)
-        & (boxes[:, 1] >= 0)
-        & (boxes[:, 2] <= width)
-        & (boxes[:, 3] <= height)
-    )
-    if not valid.all():
-        box = boxes[int(np.argmin(valid))].tolist()
-        raise _fail(label, f"box {box} is not x1 < x2, y1 < y2 inside the {width}×{height} image (xyxy pixels)")
-    labels = np.asarray(sample.get("labels"))
-    if labels.shape != (len(boxes),) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise _fail(label, f"'labels' must be an (N,) = ({len(boxes)},) integer array; got {sample.get('labels')!r}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise _fail(label, f"'labels' must be in [0, {num_classes}); got {labels.tolist()}")
-    difficult = sample.get("difficult")
-    if difficult is not None and (np.asarray(difficult).shape != (len(boxes),) or np.asarray(difficult).dtype != bool):
-        raise _fail(label, f"'difficult' must be an (N,) = ({len(boxes)},) bool array; got {difficult!r}")
+    try:
+        check_id(sample.get("id"))
+        get_task(task).check_sample(sample, num_classes)
+    except DataError as exc:
+        raise _fail(label, str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------
@@ -477,7 +416,10 @@ def _check_augmented(out: Mapping[str, Any], label: str) -> str | None:
     if bad.size:
         raise _fail(label, f"turned the mask's class ids 0/1 into {bad[:5].tolist()}: masks need nearest-neighbour interpolation")
     boxes = np.asarray(out["bboxes"], np.float64).reshape(-1, 4)
-    _check_boxes({"boxes": boxes, "labels": np.asarray(out["labels"], np.int64)}, image.shape[:2], 2, label)
+    try:
+        check_boxes({"boxes": boxes, "labels": np.asarray(out["labels"], np.int64)}, image.shape[:2], 2, "the output")
+    except DataError as exc:
+        raise _fail(label, str(exc)) from exc
     region = mask == 1
     if region.sum() < 4 or region.all():
         return None
@@ -659,27 +601,8 @@ def make_batch(
         "image": torch.from_numpy(rng.integers(0, 256, (batch_size, 3, height, width), dtype=np.uint8)),
         "meta": [{"id": f"kit:{i}", "orig_size": (height, width)} for i in range(batch_size)],
     }
-    if task == "classification":
-        batch["label"] = torch.from_numpy(np.arange(batch_size, dtype=np.int64) % num_classes)
-    elif task == "segmentation":
-        mask = rng.integers(0, num_classes, (batch_size, height, width)).astype(np.int64)
-        mask[:, :2] = IGNORE_INDEX
-        batch["mask"] = torch.from_numpy(mask)
-    else:
-        counts = [2 if i == 0 else (0 if i == 1 else 1) for i in range(batch_size)]
-        batch["boxes"] = [_random_boxes(rng, n, height, width) for n in counts]
-        batch["labels"] = [torch.from_numpy(rng.integers(0, num_classes, n).astype(np.int64)) for n in counts]
-        batch["difficult"] = [torch.zeros(n, dtype=torch.bool) for n in counts]
+    batch.update(get_task(task).random_targets(rng, batch_size, input_size, num_classes))
     return batch  # type: ignore[return-value]
-
-
-def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> Tensor:
-    """(n, 4) float32 xyxy boxes of at least a quarter of the image side."""
-    x1 = rng.uniform(0, width * 0.5, n)
-    y1 = rng.uniform(0, height * 0.5, n)
-    x2 = np.minimum(x1 + rng.uniform(width * 0.25, width * 0.5, n), width)
-    y2 = np.minimum(y1 + rng.uniform(height * 0.25, height * 0.5, n), height)
-    return torch.from_numpy(np.stack([x1, y1, x2, y2], axis=1).astype(np.float32).reshape(n, 4))
 
 
 def check_head(
@@ -801,7 +724,7 @@ def _check_decode(
 ) -> None:
     predictions = head.decode(outputs, batch, class_names)
     ids = [m["id"] for m in batch["meta"]]
-    expected = _PREDICTIONS[task]
+    expected = get_task(task).prediction_type
     if not isinstance(predictions, list) or len(predictions) != len(ids):
         raise _fail(label, f"decode() must return a list of {len(ids)} predictions (one per image)")
     for prediction, sample_id in zip(predictions, ids):

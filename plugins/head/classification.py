@@ -1,16 +1,14 @@
 """The built-in classification head: global pooling → (hidden layer) → linear classifier.
 
-Loss is cross-entropy (optionally label-smoothed); metrics are top-1 and top-5
-accuracy and the confusion matrix; predictions are softmax probabilities.
+Loss is cross-entropy (optionally label-smoothed); predictions are softmax
+probabilities. Metrics (top-1 and top-5 accuracy, the confusion matrix) are the
+classification task's (``vision_pipe.tasks.classification``).
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -30,12 +28,6 @@ from vision_pipe import (
     hookimpl,
     stage,
 )
-
-if TYPE_CHECKING:
-    import torchmetrics
-
-#: Above this many classes the confusion-matrix picture has no numbers in its cells.
-_MAX_ANNOTATED_CLASSES = 30
 
 
 class ClassificationHead(Head):
@@ -87,47 +79,6 @@ class ClassificationHead(Head):
         """Cross-entropy of logits (B, num_classes) against ``batch["label"]`` (B,) int64."""
         return {"loss": F.cross_entropy(outputs, batch["label"], label_smoothing=self.label_smoothing)}
 
-    # -- metrics -------------------------------------------------------------
-
-    def make_metrics(self) -> torchmetrics.MetricCollection:
-        """``acc`` (top-1), ``acc_top5`` (top-min(5, num_classes)), ``confmat`` (num_classes, num_classes)."""
-        # imported here: torchmetrics takes seconds to import, and plugins load on every CLI call
-        import torchmetrics
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-        n = self.num_classes
-        return torchmetrics.MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
-                "acc_top5": MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro"),
-                "confmat": MulticlassConfusionMatrix(num_classes=n),
-            }
-        )
-
-    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Tensor, batch: Batch) -> None:
-        """Feed logits (B, num_classes) and ``batch["label"]`` (B,) to ``metrics``."""
-        metrics.update(outputs.detach(), batch["label"])
-
-    def summarize(
-        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
-    ) -> dict[str, float]:
-        """``acc``, ``acc_top5``, ``error``, ``error_top5`` and ``acc/<class>`` (recall of each class;
-        NaN for a class with no samples in the split). With ``plots_dir``, writes
-        ``confusion_matrix.csv`` and ``confusion_matrix.png`` there (rows = true, columns = predicted).
-        """
-        acc = float(computed["acc"])
-        acc_top5 = float(computed["acc_top5"])
-        confmat = computed["confmat"].detach().cpu().to(torch.int64).numpy()  # (C, C), [true, pred]
-        out = {"acc": acc, "acc_top5": acc_top5, "error": 1.0 - acc, "error_top5": 1.0 - acc_top5}
-        for i, name in enumerate(class_names):
-            total = int(confmat[i].sum())
-            out[f"acc/{name}"] = float(confmat[i, i]) / total if total else math.nan
-        if plots_dir is not None:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            _write_confusion_csv(confmat, class_names, plots_dir / "confusion_matrix.csv")
-            _write_confusion_png(confmat, class_names, plots_dir / "confusion_matrix.png")
-        return out
-
     # -- predictions ---------------------------------------------------------
 
     def decode(self, outputs: Tensor, batch: Batch, class_names: Sequence[str]) -> list[ClassificationPrediction]:
@@ -146,40 +97,6 @@ class ClassificationHead(Head):
                 )
             )
         return predictions
-
-
-def _write_confusion_csv(confmat: np.ndarray, class_names: Sequence[str], path: Path) -> None:
-    """Header row and first column are the class names; rows are true classes, columns predicted."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true\\predicted", *class_names])
-        for name, row in zip(class_names, confmat):
-            writer.writerow([name, *(int(v) for v in row)])
-
-
-def _write_confusion_png(confmat: np.ndarray, class_names: Sequence[str], path: Path) -> None:
-    """A heat map of the counts (annotated when there are few classes), saved at 100 dpi."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state is touched
-
-    n = len(class_names)
-    side = min(max(4.0, 0.5 * n + 2.0), 40.0)
-    fig = Figure(figsize=(side, side))
-    ax = fig.add_subplot()
-    image = ax.imshow(confmat, cmap="Blues", vmin=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(class_names))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
-    if n <= _MAX_ANNOTATED_CLASSES:
-        threshold = confmat.max() / 2 if confmat.size else 0
-        for i in range(n):
-            for j in range(n):
-                color = "white" if confmat[i, j] > threshold else "black"
-                ax.text(j, i, str(int(confmat[i, j])), ha="center", va="center", color=color, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 @stage("head", "classification")

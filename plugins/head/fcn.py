@@ -16,18 +16,16 @@ maps are added on the way up), ``concat`` (U-Net-like: the decoder carries
 3×3 conv, and scores at the end).
 
 Loss is pixel-wise cross-entropy (``ignore_index`` pixels ignored, optional class
-weights); metrics are per-class IoU, mean IoU and pixel accuracy.
+weights). Metrics (per-class IoU, mean IoU, pixel accuracy, ``ignore_index``
+pixels ignored) are the segmentation task's (``vision_pipe.tasks.segmentation``).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -45,9 +43,6 @@ from vision_pipe import (
     hookimpl,
     stage,
 )
-
-if TYPE_CHECKING:
-    import torchmetrics
 
 #: How many maps besides the coarsest each FCN skip mode scores and adds.
 _SCORE_SKIPS = {"none": 0, "fcn16": 1, "fcn8": 2}
@@ -238,52 +233,6 @@ class FCNHead(Head):
         loss = F.cross_entropy(outputs, target, weight=self.class_weights, ignore_index=self.ignore_index)
         return {"loss": loss}
 
-    # -- metrics -------------------------------------------------------------
-
-    def make_metrics(self) -> torchmetrics.MetricCollection:
-        """``iou`` (num_classes,) per-class IoU (NaN for a class absent from both prediction and
-        target) and ``pixel_acc``, both ignoring ``ignore_index`` pixels."""
-        # imported here: torchmetrics takes seconds to import, and plugins load on every CLI call
-        import torchmetrics
-        from torchmetrics.classification import (
-            MulticlassAccuracy,
-            MulticlassJaccardIndex,
-        )
-
-        n = self.num_classes
-        return torchmetrics.MetricCollection(
-            {
-                "iou": MulticlassJaccardIndex(
-                    num_classes=n, average="none", ignore_index=self.ignore_index, zero_division=math.nan
-                ),
-                "pixel_acc": MulticlassAccuracy(num_classes=n, average="micro", ignore_index=self.ignore_index),
-            }
-        )
-
-    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Tensor, batch: Batch) -> None:
-        """Feed the argmax of logits (B, num_classes, H, W) and ``batch["mask"]`` (B, H, W)."""
-        metrics.update(outputs.detach().argmax(dim=1), batch["mask"])
-
-    def summarize(
-        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
-    ) -> dict[str, float]:
-        """``miou`` (mean over classes present in prediction or target), ``pixel_acc`` and ``iou/<class>``.
-
-        With ``plots_dir``, writes ``iou_per_class.csv`` (columns ``id, class, iou``; ``nan`` for a
-        class absent from both prediction and target) and ``iou_per_class.png`` (a bar per class,
-        the mean IoU as a dashed line) there.
-        """
-        iou = computed["iou"].detach().cpu().double().numpy()
-        present = iou[~np.isnan(iou)]
-        out = {"miou": float(present.mean()) if present.size else math.nan, "pixel_acc": float(computed["pixel_acc"])}
-        for name, value in zip(class_names, iou):
-            out[f"iou/{name}"] = float(value)
-        if plots_dir is not None:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            _write_iou_csv(iou, class_names, plots_dir / "iou_per_class.csv")
-            _write_iou_png(iou, class_names, out["miou"], plots_dir / "iou_per_class.png")
-        return out
-
     # -- predictions ---------------------------------------------------------
 
     def decode(self, outputs: Tensor, batch: Batch, class_names: Sequence[str]) -> list[SegmentationPrediction]:
@@ -304,41 +253,6 @@ class FCNHead(Head):
                 )
             )
         return predictions
-
-
-def _write_iou_csv(iou: np.ndarray, class_names: Sequence[str], path: Path) -> None:
-    """One row per class: id, name, IoU in [0, 1] (``nan`` when the class is in neither prediction nor target)."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "class", "iou"])
-        for i, (name, value) in enumerate(zip(class_names, iou)):
-            writer.writerow([i, name, f"{value:.6f}" if np.isfinite(value) else "nan"])
-
-
-def _write_iou_png(iou: np.ndarray, class_names: Sequence[str], miou: float, path: Path) -> None:
-    """Horizontal bars of the per-class IoU (``n/a`` for NaN), the mean as a dashed line, at 100 dpi."""
-    # no pyplot: no global backend state is touched
-    from matplotlib.figure import Figure
-
-    n = len(class_names)
-    fig = Figure(figsize=(6.0, min(max(2.5, 0.3 * n + 1.2), 40.0)))
-    ax = fig.add_subplot()
-    rows = np.arange(n)
-    ax.barh(rows, np.nan_to_num(iou, nan=0.0), color="tab:blue")
-    for row, value in zip(rows, iou):
-        label = f"{value:.3f}" if np.isfinite(value) else "n/a"
-        ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, row, label, va="center", fontsize=8)
-    title = "IoU per class"
-    if np.isfinite(miou):
-        ax.axvline(miou, color="tab:red", linestyle="--")
-        title += f" (dashed: mean {miou:.3f})"
-    ax.set_yticks(rows, labels=list(class_names))
-    ax.invert_yaxis()  # class 0 on top
-    ax.set_xlim(0.0, 1.15)
-    ax.set_xlabel("IoU")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 @stage("head", "fcn")

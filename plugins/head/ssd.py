@@ -13,21 +13,19 @@ Every box the head works with internally is *normalized* xyxy (``[0, 1]`` of the
 image width/height), so a prediction made on the resized model input maps back to
 the original image by multiplying with the original width and height.
 
-Metrics: COCO mAP@[.5:.95] (``map``), AP at IoU 0.5 (``map_50``, Pascal VOC's
-criterion), ``map_75``, ``mar_100`` and per class ``ap/<class>`` and ``ap_50/<class>``,
-through :class:`torchmetrics.detection.MeanAveragePrecision` (pycocotools backend).
-Objects flagged ``difficult`` are passed as ``iscrowd``, so they are ignored as VOC does.
+Metrics (COCO mAP@[.5:.95] ``map``, ``map_50``, ``map_75``, ``mar_100``, per class
+``ap/<class>`` and ``ap_50/<class>``; ``difficult`` objects ignored as VOC does) are
+the detection task's (``vision_pipe.tasks.detection``), fed with
+:meth:`SSDHead.evaluation_outputs`: the detections in pixels of the model input.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -50,16 +48,9 @@ from vision_pipe import (
 
 from .ssd_boxes import boxes_per_location, default_boxes, postprocess, ssd_loss
 
-if TYPE_CHECKING:
-    import torchmetrics
-
 #: Without ``feature_maps``, the head predicts on the backbone maps of at least this stride
 #: (SSD300's first map, conv4_3, has stride 8), or on the coarsest map if none has.
 DEFAULT_MIN_STRIDE = 8
-#: Index of IoU 0.5 in the IoU thresholds of torchmetrics' mAP (0.5, 0.55, ..., 0.95).
-_IOU_50 = 0
-#: Recall thresholds of COCO's interpolated precision (101 points, 0..1).
-_RECALLS = np.linspace(0.0, 1.0, 101)
 
 
 #: A fraction of the image, or an IoU: in (0, 1].
@@ -261,7 +252,7 @@ def _flatten(x: Tensor, per_box: int) -> Tensor:
 
 
 class SSDHead(Head):
-    """SSD: maps → per default box (C + 1) class logits and 4 offsets; loss, metrics, decoding.
+    """SSD: maps → per default box (C + 1) class logits and 4 offsets; loss, decoding (metrics: the task's).
 
     Training contract (as torchvision's SSD): :meth:`forward` returns :class:`SSDOutputs`;
     :meth:`loss` gives ``{"loss", "loss_conf", "loss_loc"}``; :meth:`detect` / :meth:`decode`
@@ -389,6 +380,15 @@ class SSDHead(Head):
             r["labels"] = r["labels"] - 1  # 1..C → 0..C-1 (background is internal)
         return results
 
+    def evaluation_outputs(self, outputs: SSDOutputs, batch: Batch) -> list[dict[str, Tensor]]:
+        """:meth:`detect`'s detections with boxes in pixels of the model input (``batch["image"]``'s
+        (H, W)): the detection task's evaluation form."""
+        h, w = batch["image"].shape[-2:]
+        detections = self.detect(outputs)
+        for det in detections:
+            det["boxes"] = det["boxes"] * torch.tensor([w, h, w, h], dtype=torch.float32, device=det["boxes"].device)
+        return detections
+
     def decode(self, outputs: SSDOutputs, batch: Batch, class_names: Sequence[str]) -> list[DetectionPrediction]:
         """One :class:`DetectionPrediction` per image, boxes (N, 4) float32 xyxy in pixels of the
         original image (``batch["meta"][i]["orig_size"]``), scores descending, labels 0..C-1."""
@@ -407,115 +407,6 @@ class SSDHead(Head):
                 )
             )
         return predictions
-
-    # -- metrics -------------------------------------------------------------
-
-    def make_metrics(self) -> torchmetrics.MetricCollection:
-        """COCO-style mean average precision over IoU 0.5:0.95, per class, with the precision array
-        (``extended_summary``) from which per-class AP at IoU 0.5 is read."""
-        # imported here: torchmetrics takes seconds to import, and plugins load on every CLI call
-        import torchmetrics
-        from torchmetrics.detection import MeanAveragePrecision
-
-        return torchmetrics.MetricCollection(
-            {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)}
-        )
-
-    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: SSDOutputs, batch: Batch) -> None:
-        """Feed the detections and the ground truth of one batch, both in original-image pixels;
-        ``batch["difficult"]`` objects (when present) go in as ``iscrowd`` and are ignored."""
-        detections = self.detect(outputs)
-        h, w = batch["image"].shape[-2:]
-        difficult = batch.get("difficult")
-        preds, targets = [], []
-        for i, (det, meta) in enumerate(zip(detections, batch["meta"], strict=True)):
-            oh, ow = (float(v) for v in meta["orig_size"])
-            device = det["boxes"].device
-            boxes = batch["boxes"][i].to(device=device, dtype=torch.float32)
-            to_orig = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=device)
-            crowd = difficult[i].to(device=device, dtype=torch.long) if difficult is not None else None
-            target = {"boxes": boxes * to_orig, "labels": batch["labels"][i].to(device)}
-            target["iscrowd"] = crowd if crowd is not None else torch.zeros_like(target["labels"])
-            targets.append(target)
-            orig = torch.tensor([ow, oh, ow, oh], device=device)
-            preds.append({"boxes": det["boxes"] * orig, "scores": det["scores"], "labels": det["labels"]})
-        metrics.update(preds, targets)
-
-    def summarize(
-        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
-    ) -> dict[str, float]:
-        """``map`` (COCO mAP@[.5:.95]), ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>`` and
-        ``ap_50/<class>`` (NaN for a class without ground truth in the split). With ``plots_dir``,
-        writes ``ap_per_class.csv`` and ``precision_recall.png`` (per class, at IoU 0.5)."""
-        out = {key: _nan_if_missing(float(computed[key])) for key in ("map", "map_50", "map_75", "mar_100")}
-        ap, ap50 = per_class_ap(computed, len(class_names))
-        for name, a, a50 in zip(class_names, ap, ap50):
-            out[f"ap/{name}"] = a
-            out[f"ap_50/{name}"] = a50
-        if plots_dir is not None:
-            plots_dir.mkdir(parents=True, exist_ok=True)
-            _write_ap_csv(class_names, ap, ap50, plots_dir / "ap_per_class.csv")
-            _write_pr_png(computed, class_names, ap50, plots_dir / "precision_recall.png")
-        return out
-
-
-def _nan_if_missing(value: float) -> float:
-    """torchmetrics writes -1 for "no ground truth"; we write NaN (``null`` in metrics.json)."""
-    return math.nan if value < 0 else value
-
-
-def _precision_at_50(computed: dict[str, Tensor]) -> dict[int, np.ndarray]:
-    """Class id → interpolated precision (101,) at IoU 0.5, all areas, the most detections (-1 where undefined)."""
-    precision = computed["precision"].detach().cpu().double().numpy()  # (T, R, K, A, M)
-    classes = computed["classes"].detach().cpu().reshape(-1).tolist()
-    return {int(c): precision[_IOU_50, :, k, 0, -1] for k, c in enumerate(classes)}
-
-
-def per_class_ap(computed: dict[str, Tensor], num_classes: int) -> tuple[list[float], list[float]]:
-    """(AP@[.5:.95], AP@0.5) per class 0..num_classes-1 from ``MeanAveragePrecision.compute()``;
-    NaN for a class without ground truth. AP@0.5 is the mean of the 101-point interpolated precision."""
-    ap = [math.nan] * num_classes
-    per_class = computed["map_per_class"].detach().cpu().reshape(-1).tolist()
-    classes = computed["classes"].detach().cpu().reshape(-1).tolist()
-    for c, value in zip(classes, per_class):
-        if 0 <= int(c) < num_classes:
-            ap[int(c)] = _nan_if_missing(float(value))
-    ap50 = [math.nan] * num_classes
-    for c, prec in _precision_at_50(computed).items():
-        if 0 <= c < num_classes and (prec > -1).any():
-            ap50[c] = float(prec[prec > -1].mean())
-    return ap, ap50
-
-
-def _write_ap_csv(class_names: Sequence[str], ap: Sequence[float], ap50: Sequence[float], path: Path) -> None:
-    """One row per class: ``class, ap_50, ap`` (empty for NaN)."""
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "ap_50", "ap"])
-        for name, a, a50 in zip(class_names, ap, ap50):
-            writer.writerow([name, "" if math.isnan(a50) else f"{a50:.4f}", "" if math.isnan(a) else f"{a:.4f}"])
-
-
-def _write_pr_png(computed: dict[str, Tensor], class_names: Sequence[str], ap50: Sequence[float], path: Path) -> None:
-    """Interpolated precision-recall curves at IoU 0.5, one line per class with ground truth."""
-    # no pyplot: no global backend state is touched
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    for c, prec in sorted(_precision_at_50(computed).items()):
-        if 0 <= c < len(class_names) and (prec > -1).any():
-            ax.plot(_RECALLS, np.where(prec > -1, prec, np.nan), label=f"{class_names[c]} (AP50 {ap50[c]:.3f})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title("precision-recall at IoU 0.5")
-    if ax.lines:
-        ax.legend(fontsize="small", loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
 
 # ----------------------------------------------------------------------------
 # the stage

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from vision_pipe import (
     IMAGE_EXTENSION_LIST,
@@ -28,7 +27,6 @@ from vision_pipe import (
     list_images,
     read_class_file,
     require_dir,
-    require_file,
     stage,
 )
 

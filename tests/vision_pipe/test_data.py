@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from vision_pipe import DataError, LoadedData, Sample, SampleSource
+from vision_pipe.cache import iter_resized_images, normalization_fingerprint
 from vision_pipe.data import (
     SubsetSource,
     build_transform,
@@ -22,7 +23,6 @@ from vision_pipe.data import (
     make_splits,
     transform_sample,
 )
-from vision_pipe.cache import iter_resized_images, normalization_fingerprint
 from vision_pipe.io import read_image
 
 # ----------------------------------------------------------------------------

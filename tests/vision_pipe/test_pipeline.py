@@ -18,9 +18,9 @@ from vision_pipe.plugins import PluginManager
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny pipeline trained for 2 epochs and tested (shared by the tests of this module)."""
-    from conftest import TINY
-
     import copy
+
+    from conftest import TINY
 
     config = copy.deepcopy(TINY)
     config["output_dir"] = str(tmp_path_factory.mktemp("runs"))

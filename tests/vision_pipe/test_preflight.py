@@ -7,8 +7,9 @@ import pytest
 
 from vision_pipe.data import SubsetSource
 from vision_pipe.errors import DataError
-from vision_pipe.preflight import apply_report, check_sample, run_preflight
+from vision_pipe.preflight import apply_report, run_preflight
 from vision_pipe.stages import Sample, SampleSource
+from vision_pipe.tasks import get_task
 
 
 def _image(h: int = 8, w: int = 10) -> np.ndarray:
@@ -42,13 +43,13 @@ class ListSource(SampleSource):
 
 
 def test_good_samples_of_every_task_pass() -> None:
-    check_sample({"id": "a", "image": _image(), "label": 2}, "classification", 3)
+    get_task("classification").check_sample({"id": "a", "image": _image(), "label": 2}, 3)
     mask = np.zeros((8, 10), np.int64)
     mask[0, 0], mask[1, 1] = 2, 255
-    check_sample({"id": "a", "image": _image(), "mask": mask}, "segmentation", 3)
+    get_task("segmentation").check_sample({"id": "a", "image": _image(), "mask": mask}, 3)
     boxes = np.array([[0, 0, 10, 8], [2, 2, 4, 4], [-0.5, 0, 10.5, 8]], np.float32)  # 1 px tolerance
-    check_sample({"id": "a", "image": _image(), "boxes": boxes, "labels": np.array([0, 1, 2])}, "detection", 3)
-    check_sample({"id": "a", "image": _image(), "boxes": np.zeros((0, 4)), "labels": np.zeros(0)}, "detection", 3)
+    get_task("detection").check_sample({"id": "a", "image": _image(), "boxes": boxes, "labels": np.array([0, 1, 2])}, 3)
+    get_task("detection").check_sample({"id": "a", "image": _image(), "boxes": np.zeros((0, 4)), "labels": np.zeros(0)}, 3)
 
 
 @pytest.mark.parametrize(
@@ -70,11 +71,11 @@ def test_good_samples_of_every_task_pass() -> None:
         (
             {"image": _image(), "boxes": [[5, 1, 5, 4]], "labels": [0]},
             "detection",
-            "box 0 [x1, y1, x2, y2] = [5, 1, 5, 4] is empty",
+            "box 0 [x1, y1, x2, y2] = [5, 1, 5, 4] has x2 5 ≤ x1 5 (no width)",
         ),
         ({"image": _image(), "boxes": [[1, 1, 3, 3], [1, 6, 4, 2]], "labels": [0, 0]}, "detection", "box 1"),
         ({"image": _image(), "boxes": [[0, 0, np.nan, 4]], "labels": [0]}, "detection", "NaN"),
-        ({"image": _image(), "boxes": [[0, 0, 12, 4]], "labels": [0]}, "detection", "outside the 10x8"),
+        ({"image": _image(), "boxes": [[0, 0, 12, 4]], "labels": [0]}, "detection", "outside the 10×8 image"),
         ({"image": _image(), "boxes": [[0, 0, 2, 4]], "labels": [5]}, "detection", "has label 5"),
         ({"image": _image(), "boxes": [[0, 0, 2, 4]], "labels": []}, "detection", "1 boxes but 0 labels"),
     ],
@@ -82,10 +83,10 @@ def test_good_samples_of_every_task_pass() -> None:
 def test_bad_samples_are_named_with_the_fix(sample: Sample, task: str, expected: str | None) -> None:
     sample = {"id": "data/x.png", **sample}
     if expected is None:
-        check_sample(sample, task, 3)
+        get_task(task).check_sample(sample, 3)
         return
     with pytest.raises(DataError) as info:
-        check_sample(sample, task, 3)
+        get_task(task).check_sample(sample, 3)
     assert str(info.value).startswith("data/x.png: ")
     assert expected in str(info.value)
 
@@ -94,9 +95,9 @@ def test_binary_mask_saved_as_0_255_gets_a_hint() -> None:
     mask = np.zeros((8, 10), np.uint8)
     mask[2:4, 2:4] = 255
     mask[5, 5] = 1
-    check_sample({"id": "m", "image": _image(), "mask": mask}, "segmentation", 2)  # 255 = ignore is fine
+    get_task("segmentation").check_sample({"id": "m", "image": _image(), "mask": mask}, 2)  # 255 = ignore is fine
     with pytest.raises(DataError, match=r"binary mask with its foreground saved as 128\? Store class ids \(1, not 128\)"):
-        check_sample({"id": "m", "image": _image(), "mask": (mask > 1).astype(np.uint8) * 128}, "segmentation", 2)
+        get_task("segmentation").check_sample({"id": "m", "image": _image(), "mask": (mask > 1).astype(np.uint8) * 128}, 2)
 
 
 # ----------------------------------------------------------------------------

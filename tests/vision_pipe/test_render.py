@@ -8,12 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vision_pipe.render import class_palette, palette, render_prediction, write_predictions
+from vision_pipe.classes import voc_palette
+from vision_pipe.drawing import class_palette
+from vision_pipe.render import render_prediction, write_predictions
 from vision_pipe.results import DetectionPrediction, SegmentationPrediction
 
 
 def test_voc_palette_first_colours() -> None:
-    assert palette(4).tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert voc_palette(4) == [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
     assert class_palette(3, [(1, 2, 3), (4, 5, 6)])[:3].tolist() == [[1, 2, 3], [4, 5, 6], [0, 128, 0]]
 
 

@@ -29,6 +29,7 @@ from vision_pipe import (
     stage,
 )
 from vision_pipe.plugins import PluginManager
+from vision_pipe.tasks import get_task
 from vision_pipe.testing import (
     BoringBackbone,
     BoringLoader,
@@ -119,21 +120,32 @@ IMAGE = np.zeros((8, 10, 3), np.uint8)
 @pytest.mark.parametrize(
     ("task", "sample", "message"),
     [
-        ("classification", {"image": IMAGE.astype(np.float32) / 255, "label": 0}, r"'image' is a float32 array of shape \(8, 10, 3\); it must be \(H, W, 3\) uint8"),
-        ("classification", {"image": IMAGE[..., 0], "label": 0}, r"'image' is a uint8 array of shape \(8, 10\)"),
-        ("classification", {"image": IMAGE, "label": 3}, r"'label' must be an int in \[0, 3\); got 3"),
-        ("segmentation", {"image": IMAGE, "mask": np.zeros((10, 8), np.int64)}, r"'mask' is a int64 array of shape \(10, 8\); it must be an integer \(H, W\) = \(8, 10\)"),
-        ("segmentation", {"image": IMAGE, "mask": np.full((8, 10), 7, np.int64)}, r"'mask' has values \[7\]; they must be in \[0, 3\) or 255"),
-        ("segmentation", {"image": IMAGE, "mask": np.zeros((8, 10, 3), np.uint8)}, r"'mask' is a uint8 array of shape \(8, 10, 3\)"),
-        ("detection", {"image": IMAGE, "boxes": np.array([[5, 1, 2, 4]], np.float32), "labels": np.array([1])}, r"box \[5.0, 1.0, 2.0, 4.0\] is not x1 < x2"),
-        ("detection", {"image": IMAGE, "boxes": np.array([[0, 0, 11, 4]], np.float32), "labels": np.array([1])}, r"box \[0.0, 0.0, 11.0, 4.0\] is not x1 < x2, y1 < y2 inside the 10×8 image"),
-        ("detection", {"image": IMAGE, "boxes": np.zeros((2, 4), np.float32) + [0, 0, 1, 1], "labels": np.array([1])}, r"'labels' must be an \(N,\) = \(2,\) integer array"),
+        ("classification", {"image": IMAGE.astype(np.float32) / 255, "label": 0}, r"the image is a float32 array of shape \(8, 10, 3\); expected an \(H, W, 3\) uint8"),
+        ("classification", {"image": IMAGE[..., 0], "label": 0}, r"the image is a uint8 array of shape \(8, 10\)"),
+        ("classification", {"image": IMAGE, "label": 3}, r"label 3 is not a class index \(0..2\)"),
+        ("segmentation", {"image": IMAGE, "mask": np.zeros((10, 8), np.int64)}, r"the mask is 10x8 but its image is 8x10 \(height x width\)"),
+        ("segmentation", {"image": IMAGE, "mask": np.full((8, 10), 7, np.int64)}, r"mask values 7 are not class ids: the pipeline has 3 classes \(0..2\) and 255 means ignore"),
+        ("segmentation", {"image": IMAGE, "mask": np.zeros((8, 10, 3), np.uint8)}, r"the mask has shape \(8, 10, 3\); expected \(H, W\) class ids"),
+        ("detection", {"image": IMAGE, "boxes": np.array([[5, 1, 2, 4]], np.float32), "labels": np.array([1])}, r"box 0 \[x1, y1, x2, y2\] = \[5, 1, 2, 4\] has x2 2 ≤ x1 5 \(no width\)"),
+        ("detection", {"image": IMAGE, "boxes": np.array([[0, 0, 12, 4]], np.float32), "labels": np.array([1])}, r"box 0 \[x1, y1, x2, y2\] = \[0, 0, 12, 4\] lies outside the 10×8 image \(width × height\)"),
+        ("detection", {"image": IMAGE, "boxes": np.zeros((2, 4), np.float32) + [0, 0, 1, 1], "labels": np.array([1])}, r"2 boxes but 1 labels; give one label per box"),
+        ("classification", {"image": IMAGE, "label": 0, "id": 7}, r"sample id 7: 'id' must be a non-empty str"),
     ],
-    ids=["float-image", "grey-image", "label-range", "mask-shape", "mask-values", "rgb-mask", "box-order", "box-outside", "labels-count"],
+    ids=["float-image", "grey-image", "label-range", "mask-shape", "mask-values", "rgb-mask", "box-order", "box-outside", "labels-count", "int-id"],
 )
 def test_a_loader_with_samples_off_the_schema_is_caught(task, sample, message):
-    with pytest.raises(ContractError, match=rf"loading stage _Loader, task {task}, split 'all', sample 0: {message}"):
+    """The kit applies the one sample contract (vision_pipe.samples) and names the stage, split and sample."""
+    with pytest.raises(ContractError, match=rf"loading stage _Loader, task {task}, split 'all', sample 0: (s0: )?{message}"):
         check_loader(_Loader(task, sample))
+
+
+def test_the_kit_and_the_preflight_apply_the_same_rules():
+    """A box one pixel past the border (the contract's tolerance) and 255 mask pixels pass both."""
+    sample = {"image": IMAGE, "boxes": np.array([[0, 0, 11, 4]], np.float32), "labels": np.array([1])}
+    check_loader(_Loader("detection", sample))
+    get_task("detection").check_sample({"id": "s0", **sample}, 3)
+    mask = np.full((8, 10), 255, np.int64)
+    check_loader(_Loader("segmentation", {"image": IMAGE, "mask": mask}))
 
 
 def test_a_loader_with_bad_splits_tasks_or_fingerprints_is_caught():

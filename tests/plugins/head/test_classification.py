@@ -1,13 +1,10 @@
-"""The built-in classification head: shapes, loss, metrics, summary files, decoding, build errors."""
+"""The built-in classification head: shapes, loss, the task's metrics, decoding, build errors."""
 
 from __future__ import annotations
 
-import csv
 import math
 import typing
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pluggy
 import pytest
@@ -59,42 +56,6 @@ def ranked_logits(order: list[int]) -> list[float]:
         logits[cls] = float(len(order) - 1 - rank)
     return logits
 
-
-# Hand-made evaluation set, 6 classes, 7 samples: (true label, class ranking best first).
-#   top-1 right: samples 0, 1, 3, 5               → 4/7
-#   top-5 right: all but sample 4 (true class last) → 6/7
-SAMPLES = [
-    (0, [0, 1, 2, 3, 4, 5]),
-    (1, [1, 0, 2, 3, 4, 5]),
-    (2, [0, 2, 1, 3, 4, 5]),  # predicted a, true c ranked 2nd
-    (3, [3, 0, 1, 2, 4, 5]),
-    (4, [1, 0, 2, 3, 5, 4]),  # predicted b, true e ranked last
-    (0, [0, 5, 1, 2, 3, 4]),
-    (5, [2, 0, 5, 1, 3, 4]),  # predicted c, true f ranked 3rd
-]
-# confusion[true][pred]
-EXPECTED_CONFMAT = [
-    [2, 0, 0, 0, 0, 0],
-    [0, 1, 0, 0, 0, 0],
-    [1, 0, 0, 0, 0, 0],
-    [0, 0, 0, 1, 0, 0],
-    [0, 1, 0, 0, 0, 0],
-    [0, 0, 1, 0, 0, 0],
-]
-
-
-def sample_batches() -> list[tuple[torch.Tensor, Batch]]:
-    logits = torch.tensor([ranked_logits(order) for _, order in SAMPLES])
-    labels = torch.tensor([label for label, _ in SAMPLES])
-    # two batches, to check that the metrics accumulate
-    return [(logits[:3], {"label": labels[:3]}), (logits[3:], {"label": labels[3:]})]
-
-
-def evaluate(head: ClassificationHead) -> dict[str, torch.Tensor]:
-    metrics = head.make_metrics()
-    for logits, batch in sample_batches():
-        head.update_metrics(metrics, logits, batch)
-    return metrics.compute()
 
 
 # ----------------------------------------------------------------------------
@@ -170,86 +131,18 @@ def test_loss_backpropagates_into_the_head() -> None:
 
 
 # ----------------------------------------------------------------------------
-# metrics and summary
+# metrics: the classification task's (tests/vision_pipe/tasks/test_classification_task.py)
 # ----------------------------------------------------------------------------
 
 
-def test_metrics_hand_computed() -> None:
-    computed = evaluate(classification(make_context()))
-    assert set(computed) == {"acc", "acc_top5", "confmat"}
-    assert float(computed["acc"]) == pytest.approx(4 / 7)
-    assert float(computed["acc_top5"]) == pytest.approx(6 / 7)
-    assert computed["confmat"].tolist() == EXPECTED_CONFMAT
-
-
-def test_top5_is_top_num_classes_for_few_classes() -> None:
-    head = classification(make_context(("a", "b", "c")))
+def test_metrics_are_the_classification_tasks() -> None:
+    head = classification(make_context())
+    assert not {"make_metrics", "update_metrics", "summarize"} & set(vars(ClassificationHead))
     metrics = head.make_metrics()
-    head.update_metrics(metrics, torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]]), {"label": torch.tensor([0, 0])})
-    computed = metrics.compute()
-    assert float(computed["acc"]) == pytest.approx(0.5)
-    assert float(computed["acc_top5"]) == pytest.approx(1.0)
-
-
-def test_summarize_without_plots() -> None:
-    head = classification(make_context())
-    summary = head.summarize(evaluate(head), NAMES6, None)
-    expected = {
-        "acc": 4 / 7,
-        "acc_top5": 6 / 7,
-        "error": 3 / 7,
-        "error_top5": 1 / 7,
-        "acc/a": 1.0,
-        "acc/b": 1.0,
-        "acc/c": 0.0,
-        "acc/d": 1.0,
-        "acc/e": 0.0,
-        "acc/f": 0.0,
-    }
-    assert set(summary) == set(expected)
-    for key, value in expected.items():
-        assert isinstance(summary[key], float)
-        assert summary[key] == pytest.approx(value), key
-
-
-def test_summarize_class_without_samples_is_nan() -> None:
-    head = classification(make_context(("a", "b", "c")))
-    computed = {
-        "acc": torch.tensor(0.75),
-        "acc_top5": torch.tensor(1.0),
-        "confmat": torch.tensor([[3, 1, 0], [0, 0, 0], [0, 0, 0]]),
-    }
-    summary = head.summarize(computed, ("a", "b", "c"), None)
-    assert summary["acc/a"] == pytest.approx(0.75)
-    assert math.isnan(summary["acc/b"]) and math.isnan(summary["acc/c"])
-
-
-def test_summarize_writes_confusion_csv_and_png(tmp_path: Path) -> None:
-    head = classification(make_context())
-    plots_dir = tmp_path / "plots" / "test"  # does not exist yet
-    head.summarize(evaluate(head), NAMES6, plots_dir)
-
-    with (plots_dir / "confusion_matrix.csv").open(newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0][1:] == list(NAMES6)
-    assert [row[0] for row in rows[1:]] == list(NAMES6)
-    assert [[int(v) for v in row[1:]] for row in rows[1:]] == EXPECTED_CONFMAT
-
-    image = cv2.imread(str(plots_dir / "confusion_matrix.png"))
-    assert image is not None
-    height, width, channels = image.shape
-    assert channels == 3
-    assert 300 <= height <= 2000 and 300 <= width <= 2000
-    assert image.std() > 10  # not blank
-
-
-def test_summarize_png_with_many_classes(tmp_path: Path) -> None:
-    names = tuple(f"class{i}" for i in range(31))
-    head = classification(make_context(names))
-    confmat = torch.diag(torch.arange(31))
-    computed = {"acc": torch.tensor(1.0), "acc_top5": torch.tensor(1.0), "confmat": confmat}
-    head.summarize(computed, names, tmp_path)
-    assert cv2.imread(str(tmp_path / "confusion_matrix.png")) is not None
+    logits = torch.tensor([ranked_logits([0, 1, 2, 3, 4, 5]), ranked_logits([1, 0, 2, 3, 4, 5])])
+    head.update_metrics(metrics, logits, {"label": torch.tensor([0, 0])})
+    summary = head.summarize(metrics.compute(), NAMES6, None)
+    assert summary["acc"] == pytest.approx(0.5) and summary["acc/a"] == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------

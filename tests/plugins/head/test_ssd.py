@@ -1,5 +1,6 @@
 """The SSD detection head: map planning and extra layers, default boxes through the head, decoding
-to original-image pixels, loss and gradients with empty images, metrics, chain errors, a tiny run.
+to original-image pixels, loss and gradients with empty images, evaluation outputs for the task's
+metrics, chain errors, a tiny run.
 
 The box arithmetic itself (default boxes, coding, matching, mining, loss, NMS) is tested in
 ``test_ssd_boxes.py``; these tests are about the head built on it.
@@ -15,6 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from vision_pipe import (
+    Batch,
+    ChainError,
+    DetectionPrediction,
+    Features,
+    Pipeline,
+    StageContext,
+    StageError,
+)
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.backbone.resnet import resnet
 from vision_pipe_plugins.backbone.vgg import vgg
 from vision_pipe_plugins.head.ssd import (
@@ -27,17 +39,6 @@ from vision_pipe_plugins.head.ssd import (
     ssd,
 )
 from vision_pipe_plugins.head.ssd_boxes import default_boxes, encode
-
-from vision_pipe import (
-    Batch,
-    ChainError,
-    DetectionPrediction,
-    Features,
-    Pipeline,
-    StageContext,
-    StageError,
-)
-from vision_pipe.registry import make_entry
 
 NAMES = ("a", "b", "c")
 SSD300_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
@@ -303,34 +304,15 @@ def _perfect_outputs(head: SSDHead, defaults: torch.Tensor, hits: list[tuple[int
     return SSDOutputs(logits, torch.zeros(1, defaults.shape[0], 4), defaults)
 
 
-def test_metrics_hand_computed_with_difficult_objects_ignored(tmp_path: Path) -> None:
+def test_evaluation_outputs_are_the_detections_in_model_input_pixels() -> None:
+    """The detection task's metrics (tests/vision_pipe/tasks/test_detection_task.py) get these."""
+    assert not {"make_metrics", "update_metrics", "summarize"} & set(vars(SSDHead))
     head = _one_box_head()
-    defaults = torch.tensor([[0.0, 0.0, 0.25, 0.25], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]])
-    outputs = _perfect_outputs(head, defaults, [(0, 0), (1, 2)])  # a at box 0, c at box 1; nothing at box 2
-    # model input 16 px, original 64 px: ground truth in input pixels
-    batch = _batch([[[0, 0, 4, 4], [8, 8, 16, 16], [0, 8, 8, 16]]], [[0, 2, 1]], size=16, orig=(64, 64))
-
-    metrics = head.make_metrics()
-    head.update_metrics(metrics, outputs, batch)
-    summary = head.summarize(metrics.compute(), NAMES, tmp_path / "plots")
-    # a and c are found exactly; b's only object is missed: AP 0
-    assert summary["ap_50/a"] == pytest.approx(1.0) and summary["ap_50/c"] == pytest.approx(1.0)
-    assert summary["ap_50/b"] == pytest.approx(0.0)
-    assert summary["map_50"] == pytest.approx(2 / 3, abs=1e-6)
-    assert summary["map"] == pytest.approx(2 / 3, abs=1e-6)  # the hits are exact at every IoU
-    assert (tmp_path / "plots" / "precision_recall.png").is_file()
-    rows = (tmp_path / "plots" / "ap_per_class.csv").read_text().splitlines()
-    assert rows[0] == "class,ap_50,ap" and rows[2] == "b,0.0000,0.0000"
-
-    # the missed object flagged difficult is ignored, as in Pascal VOC: b has no ground truth left
-    batch["difficult"] = [torch.tensor([False, False, True])]
-    metrics = head.make_metrics()
-    head.update_metrics(metrics, outputs, batch)
-    summary = head.summarize(metrics.compute(), NAMES, None)
-    assert math.isnan(summary["ap_50/b"]) and math.isnan(summary["ap/b"])
-    assert summary["map_50"] == pytest.approx(1.0)
-    assert summary["map"] == pytest.approx(1.0)
-    assert set(summary) == {"map", "map_50", "map_75", "mar_100"} | {f"ap{s}/{n}" for s in ("", "_50") for n in NAMES}
+    defaults = torch.tensor([[0.25, 0.25, 0.5, 0.75]])
+    outputs = _perfect_outputs(head, defaults, [(0, 1)])
+    (det,) = head.evaluation_outputs(outputs, _batch([[[4, 4, 8, 12]]], [[1]], size=16, orig=(40, 80)))
+    torch.testing.assert_close(det["boxes"], torch.tensor([[4.0, 4.0, 8.0, 12.0]]))
+    assert det["labels"].tolist() == [1] and det["scores"].shape == (1,)
 
 
 def test_metrics_use_original_pixels() -> None:

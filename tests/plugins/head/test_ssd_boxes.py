@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, clip_boxes_to_image
+
 from vision_pipe_plugins.head.ssd_boxes import (
     BACKGROUND,
     BBOX_XFORM_CLIP,

@@ -1,0 +1,181 @@
+"""The segmentation task: a ``mask`` of class ids per image (255 = ignore).
+
+Owns the mask's check, its path through albumentations (compact dtype, the
+``mask`` target) and its tensors, the metrics (per-class IoU, mean IoU, pixel
+accuracy) with their summary (``miou``, ``pixel_acc``, ``iou/<class>``) and
+pictures (``iou_per_class.csv`` / ``.png``), drawing a
+:class:`~vision_pipe.results.SegmentationPrediction` and its ``_mask.png``.
+Evaluation form of a head's outputs: logits (B, num_classes, H, W).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vision_pipe.drawing import class_palette, upscale
+from vision_pipe.io import write_png
+from vision_pipe.results import Prediction, SegmentationPrediction
+from vision_pipe.samples import IGNORE_INDEX, check_mask
+from vision_pipe.tasks.base import Task
+
+if TYPE_CHECKING:
+    import torchmetrics
+
+
+class SegmentationTask(Task):
+    """Segmentation: ``mask`` (H, W) class ids per sample, (B, H, W) int64 per batch."""
+
+    name = "segmentation"
+    prediction_type = SegmentationPrediction
+    target_keys = ("mask",)
+
+    # -- samples ---------------------------------------------------------------
+
+    def check_targets(self, sample: Mapping[str, Any], size: tuple[int, int], num_classes: int, sample_id: str) -> None:
+        check_mask(sample.get("mask"), size, num_classes, sample_id)
+
+    def transform_inputs(self, sample: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {"mask": compact_mask(sample["mask"])}
+
+    def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))}
+
+    def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {"mask": torch.stack([it["mask"] for it in items])}
+
+    def random_targets(
+        self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
+    ) -> dict[str, Any]:
+        """Random class ids; the first two rows of every mask are ignored (255) pixels."""
+        height, width = input_size
+        mask = rng.integers(0, num_classes, (batch_size, height, width)).astype(np.int64)
+        mask[:, :2] = IGNORE_INDEX
+        return {"mask": torch.from_numpy(mask)}
+
+    # -- evaluation ------------------------------------------------------------
+
+    def make_metrics(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX) -> torchmetrics.MetricCollection:
+        """``iou`` (num_classes,) per-class IoU (NaN for a class absent from both prediction and
+        target) and ``pixel_acc``, both ignoring ``ignore_index`` pixels."""
+        import torchmetrics
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassJaccardIndex,
+        )
+
+        n = num_classes
+        return torchmetrics.MetricCollection(
+            {
+                "iou": MulticlassJaccardIndex(
+                    num_classes=n, average="none", ignore_index=ignore_index, zero_division=math.nan
+                ),
+                "pixel_acc": MulticlassAccuracy(num_classes=n, average="micro", ignore_index=ignore_index),
+            }
+        )
+
+    def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Tensor, batch: Mapping[str, Any]) -> None:
+        """Feed the argmax of logits (B, num_classes, H, W) and ``batch["mask"]`` (B, H, W)."""
+        metrics.update(outputs.detach().argmax(dim=1), batch["mask"])
+
+    def summarize(
+        self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None
+    ) -> dict[str, float]:
+        """``miou`` (mean over classes present in prediction or target), ``pixel_acc`` and ``iou/<class>``.
+
+        With ``plots_dir``, writes ``iou_per_class.csv`` (columns ``id, class, iou``; ``nan`` for a
+        class absent from both prediction and target) and ``iou_per_class.png`` (a bar per class,
+        the mean IoU as a dashed line) there.
+        """
+        iou = computed["iou"].detach().cpu().double().numpy()
+        present = iou[~np.isnan(iou)]
+        out = {"miou": float(present.mean()) if present.size else math.nan, "pixel_acc": float(computed["pixel_acc"])}
+        for name, value in zip(class_names, iou):
+            out[f"iou/{name}"] = float(value)
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            write_iou_csv(iou, class_names, plots_dir / "iou_per_class.csv")
+            write_iou_png(iou, class_names, out["miou"], plots_dir / "iou_per_class.png")
+        return out
+
+    # -- predictions -------------------------------------------------------------
+
+    def draw(
+        self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None
+    ) -> np.ndarray:
+        """Every class but 0 blended in its colour (``class_colors`` (R, G, B) per class, else the VOC palette)."""
+        prediction = cast(SegmentationPrediction, prediction)
+        mask = prediction.mask
+        colours = class_palette(max(len(prediction.class_names), int(mask.max(initial=0)) + 1), class_colors)
+        overlay = colours[np.clip(mask, 0, len(colours) - 1)]
+        blended = np.where(mask[..., None] > 0, (0.5 * image + 0.5 * overlay).astype(np.uint8), image)
+        return upscale(np.ascontiguousarray(blended))[0]
+
+    def write_prediction(self, prediction: Prediction, out_dir: Path, stem: str) -> dict[str, str]:
+        """``<stem>_mask.png``: class ids at the original size, 8-bit (16-bit for more than 256 classes)."""
+        prediction = cast(SegmentationPrediction, prediction)
+        dtype = np.uint8 if len(prediction.class_names) <= 256 else np.uint16
+        return {"mask": str(write_png(out_dir / f"{stem}_mask.png", prediction.mask.astype(dtype)))}
+
+    def describe(self, prediction: Prediction) -> str:
+        return f"{prediction.id}: {prediction.to_dict()['pixels_per_class']}"
+
+
+def compact_mask(mask: np.ndarray) -> np.ndarray:
+    """Class ids as uint8 when they fit (they do with <= 255 classes: 255 is ignore), else int32.
+
+    OpenCV, which albumentations calls, has no kernels for int64 in several
+    operations (e.g. morphology); and smaller masks are faster to warp.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8:
+        return mask
+    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        return mask.astype(np.int32)
+    return mask.astype(np.uint8)
+
+
+def write_iou_csv(iou: np.ndarray, class_names: Sequence[str], path: Path) -> None:
+    """One row per class: id, name, IoU in [0, 1] (``nan`` when the class is in neither prediction nor target)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "class", "iou"])
+        for i, (name, value) in enumerate(zip(class_names, iou)):
+            writer.writerow([i, name, f"{value:.6f}" if np.isfinite(value) else "nan"])
+
+
+def write_iou_png(iou: np.ndarray, class_names: Sequence[str], miou: float, path: Path) -> None:
+    """Horizontal bars of the per-class IoU (``n/a`` for NaN), the mean as a dashed line, at 100 dpi."""
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no global backend state is touched
+    )
+
+    n = len(class_names)
+    fig = Figure(figsize=(6.0, min(max(2.5, 0.3 * n + 1.2), 40.0)))
+    ax = fig.add_subplot()
+    rows = np.arange(n)
+    ax.barh(rows, np.nan_to_num(iou, nan=0.0), color="tab:blue")
+    for row, value in zip(rows, iou):
+        label = f"{value:.3f}" if np.isfinite(value) else "n/a"
+        ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, float(row), label, va="center", fontsize=8)
+    title = "IoU per class"
+    if np.isfinite(miou):
+        ax.axvline(miou, color="tab:red", linestyle="--")
+        title += f" (dashed: mean {miou:.3f})"
+    ax.set_yticks(rows, labels=list(class_names))
+    ax.invert_yaxis()  # class 0 on top
+    ax.set_xlim(0.0, 1.15)
+    ax.set_xlabel("IoU")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+SEGMENTATION = SegmentationTask()
