@@ -37,7 +37,7 @@ from .detection_common import (
 )
 
 #: What ``crowd`` may say to do with ``iscrowd: 1`` annotations.
-CROWD_MODES: tuple[str, ...] = ("difficult", "drop", "object")
+CrowdMode = Literal["difficult", "drop", "object"]
 _KEYS = "a COCO instances file is a JSON object with 'images', 'annotations' and 'categories' lists"
 
 
@@ -286,7 +286,7 @@ def coco(
     val_images: Path | None = None,
     test_annotations: Path | None = None,
     test_images: Path | None = None,
-    crowd: Literal["difficult", "drop", "object"] = "difficult",
+    crowd: CrowdMode = "difficult",
 ) -> Loader:
     """Object detection from COCO instances JSON files (``bbox`` [x, y, width, height] in pixels).
 
@@ -320,8 +320,6 @@ def coco(
     malformed, empty or NaN bbox, or a box outside its image makes the image a
     bad sample whose error names the JSON, the image and the annotation id.
     """
-    if crowd not in CROWD_MODES:
-        raise StageError(f"loading 'coco': crowd must be one of {', '.join(CROWD_MODES)}; got {crowd!r}")
     pairs = {"val": (val_annotations, val_images), "test": (test_annotations, test_images)}
     for split, (ann, img) in pairs.items():
         if ann is None and img is not None:

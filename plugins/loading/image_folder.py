@@ -30,6 +30,7 @@ from vision_pipe import (
     stage,
 )
 
+
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 

@@ -33,15 +33,17 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
 from vision_pipe import (
     IGNORE_INDEX,
     IMAGE_EXTENSION_LIST,
-    SPLITS,
     RGB,
+    SPLITS,
     ClassSpec,
     DataError,
     LoadedData,
@@ -450,13 +452,13 @@ def _check(ok: bool, message: str) -> None:
 def mask_folder(
     images: Path,
     masks: Path,
-    classes: Path | list[str] | None = None,
-    num_classes: int | None = None,
-    ignore_value: int = 255,
-    mask_suffix: str = ".png",
-    split_files: dict[str, Path] | None = None,
+    classes: Path | Annotated[list[str], Field(min_length=1)] | None = None,
+    num_classes: Annotated[int, Field(ge=1)] | None = None,
+    ignore_value: Annotated[int, Field(ge=0, le=65535)] = 255,
+    mask_suffix: Annotated[str, Field(min_length=1)] = ".png",
+    split_files: dict[Literal["train", "val", "test"], Path] | None = None,
     rgb_masks: bool = False,
-    ignore_color: list[int] | None = None,
+    ignore_color: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)] | None = None,
 ) -> Loader:
     """Images and per-pixel class masks in two folders, for segmentation.
 
@@ -487,25 +489,15 @@ def mask_folder(
     first palette mask, else the Pascal VOC colour map. Samples: ``image`` (H, W, 3) uint8
     RGB, ``mask`` (H, W) int64 class ids with 255 = ignore, ``id`` (the image path).
     """
-    _check(0 <= ignore_value <= 65535, f"ignore_value must be in [0, 65535], got {ignore_value}")
-    _check(num_classes is None or num_classes >= 1, f"num_classes must be ≥ 1, got {num_classes}")
-    _check(bool(mask_suffix.strip()), "mask_suffix must not be empty (e.g. '.png' or '_mask.png')")
+    # ranges and choices are in the signature (the registry validates them); what relates two parameters:
     _check(
         Path(images).expanduser() != Path(masks).expanduser() or not mask_suffix.startswith("."),
         f"images and masks are the same folder, so mask_suffix must name masks apart from images "
         f"(e.g. '_mask.png'), got {mask_suffix!r}",
     )
     if split_files is not None:
-        unknown = sorted(set(split_files) - set(SPLITS))
-        _check(not unknown, f"split_files: unknown split(s) {unknown}; splits are {', '.join(SPLITS)}")
         _check("train" in split_files, f"split_files must give a 'train' list, got {sorted(split_files)}")
-    if classes is not None and not isinstance(classes, (str, Path)):
-        _check(len(classes) >= 1, "classes must name at least one class")
     _check(ignore_color is None or rgb_masks, "ignore_color applies only with rgb_masks: true")
-    _check(
-        ignore_color is None or (len(ignore_color) == 3 and all(0 <= v <= 255 for v in ignore_color)),
-        f"ignore_color must be [r, g, b] with values in 0..255, got {ignore_color}",
-    )
     cfg = MaskFolderConfig(
         images=Path(images).expanduser(),
         masks=Path(masks).expanduser(),

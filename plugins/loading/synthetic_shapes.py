@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal, get_args
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from vision_pipe import LoadedData, Loader, Sample, SampleSource, StageError, box_iou, hookimpl, stage
 
@@ -28,7 +30,8 @@ _POLYGONS: dict[str, np.ndarray] = {
         [[r * np.cos(a), r * np.sin(a)] for r, a in zip([1.0, 0.45] * 5, -np.pi / 2 + np.arange(10) * np.pi / 5)]
     ),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ellipse")
+Shape = Literal["circle", "square", "triangle", "star", "ellipse"]
+SHAPES: tuple[str, ...] = get_args(Shape)
 DEFAULT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 ELLIPSE_RATIO = 0.5  #: minor / major axis of an ``ellipse``
 MIN_CONTRAST = 64.0  #: least mean |shape colour - background| over RGB, grey levels
@@ -200,18 +203,22 @@ def _check(ok: bool, message: str) -> None:
         raise StageError(f"loading 'synthetic_shapes': {message}")
 
 
+Fraction = Annotated[float, Field(gt=0, le=1)]
+ObjectCount = Annotated[int, Field(ge=1, le=20)]
+
+
 @stage("loading", "synthetic_shapes")
 def synthetic_shapes(
-    num_images: int = 3000,
-    size: int = 64,
-    shapes: list[str] = list(DEFAULT_SHAPES),  # noqa: B006 (copied, never mutated)
-    min_size: float = 0.25,
-    max_size: float = 0.6,
-    min_objects: int = 1,
-    max_objects: int = 3,
-    noise: float = 8.0,
-    seed: int = 0,
-    empty_fraction: float = 0.0,
+    num_images: Annotated[int, Field(ge=1)] = 3000,
+    size: Annotated[int, Field(ge=8, le=4096)] = 64,
+    shapes: Annotated[list[Shape], Field(min_length=1)] = list(DEFAULT_SHAPES),  # noqa: B006 (copied, never mutated)
+    min_size: Fraction = 0.25,
+    max_size: Fraction = 0.6,
+    min_objects: ObjectCount = 1,
+    max_objects: ObjectCount = 3,
+    noise: Annotated[float, Field(ge=0)] = 8.0,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    empty_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> Loader:
     """Synthetic images of coloured shapes, for classification, segmentation and detection.
 
@@ -233,24 +240,16 @@ def synthetic_shapes(
     ``["background", *shapes]``); detection ``boxes`` = tight xyxy boxes of each
     whole shape (x2, y2 = last pixel + 1) and ``labels`` = index in ``shapes``.
     """
-    _check(num_images >= 1, f"num_images must be ≥ 1, got {num_images}")
-    _check(8 <= size <= 4096, f"size must be in [8, 4096] pixels, got {size}")
-    _check(len(shapes) >= 1, f"shapes must name at least one of {', '.join(SHAPES)}")
-    for name in shapes:
-        _check(name in SHAPES, f"unknown shape {name!r} in shapes; valid shapes: {', '.join(SHAPES)}")
+    # ranges and choices are in the signature (the registry validates them); what relates two parameters:
     _check(len(set(shapes)) == len(shapes), f"shapes lists a shape twice: {list(shapes)}")
     _check(
-        0 < min_size <= max_size <= 1,
-        "need 0 < min_size ≤ max_size ≤ 1 (fractions of the image side), "
-        f"got min_size={min_size}, max_size={max_size}",
+        min_size <= max_size,
+        f"need min_size ≤ max_size (fractions of the image side), got min_size={min_size}, max_size={max_size}",
     )
     _check(
-        1 <= min_objects <= max_objects <= 20,
-        f"need 1 ≤ min_objects ≤ max_objects ≤ 20, got min_objects={min_objects}, max_objects={max_objects}",
+        min_objects <= max_objects,
+        f"need min_objects ≤ max_objects, got min_objects={min_objects}, max_objects={max_objects}",
     )
-    _check(noise >= 0, f"noise must be ≥ 0 (std in grey levels), got {noise}")
-    _check(seed >= 0, f"seed must be ≥ 0, got {seed}")
-    _check(0 <= empty_fraction < 1, f"empty_fraction must be in [0, 1), got {empty_fraction}")
     cfg = ShapesConfig(
         num_images=int(num_images),
         size=int(size),

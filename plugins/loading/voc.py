@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from vision_pipe import (
     SPLITS,
@@ -204,7 +207,7 @@ class Voc(Loader):
 @stage("loading", "voc")
 def voc(
     root: Path,
-    classes: list[str] | None = None,
+    classes: Annotated[list[str], Field(min_length=1)] | None = None,
     keep_difficult: bool = True,
     one_based: bool = True,
 ) -> Loader:
@@ -235,8 +238,6 @@ def voc(
     XML and the object's number (1-based, in file order).
     """
     names = list(VOC_CLASSES) if classes is None else [str(c) for c in classes]
-    if not names:
-        raise StageError("loading 'voc': classes is empty: list the class names, or leave it out for VOC's 20")
     twice = sorted({c for c in names if names.count(c) > 1})
     if twice:
         raise StageError(f"loading 'voc': classes lists {twice} more than once: give each class once")

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from vision_pipe_plugins.loading import coco as plugin
-from vision_pipe_plugins.loading.coco import coco
 
 from vision_pipe import DataError, Loader, Pipeline, StageError
 from vision_pipe.testing import check_loader
+from vision_pipe_plugins.loading import coco as plugin
+from vision_pipe_plugins.loading.coco import coco
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "tests" / "assets" / "detection" / "coco"

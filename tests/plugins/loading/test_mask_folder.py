@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from vision_pipe import DataError, LoadedData, Loader, StageError
-from vision_pipe_plugins.loading import mask_folder as plugin
 from vision_pipe import voc_palette as default_colors
+from vision_pipe.registry import make_entry
+from vision_pipe_plugins.loading import mask_folder as plugin
 from vision_pipe_plugins.loading.mask_folder import mask_folder
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -290,10 +291,15 @@ def test_split_file_naming_a_missing_image_is_a_sample_error(tmp_path: Path) -> 
 
 
 def test_bad_split_files_parameter_is_a_stage_error() -> None:
-    with pytest.raises(StageError, match="unknown split"):
-        mask_folder(IMAGES, MASKS, split_files={"training": Path("x.txt")})
+    entry = make_entry(mask_folder)
+    with pytest.raises(StageError, match=r"split_files must be dict\['train' \| 'val' \| 'test', Path\], got 'training'"):
+        entry.build({"images": IMAGES, "masks": MASKS, "split_files": {"training": Path("x.txt")}})
     with pytest.raises(StageError, match="'train' list"):
-        mask_folder(IMAGES, MASKS, split_files={"val": Path("x.txt")})
+        entry.build({"images": IMAGES, "masks": MASKS, "split_files": {"val": Path("x.txt")}})
+    with pytest.raises(StageError, match=r"ignore_color.*(at most|at least|3)"):
+        entry.build({"images": IMAGES, "masks": MASKS, "rgb_masks": True, "ignore_color": [1, 2]})
+    with pytest.raises(StageError, match="ignore_value"):
+        entry.build({"images": IMAGES, "masks": MASKS, "ignore_value": -1})
 
 
 # -- per-sample and whole-source errors ----------------------------------------------------

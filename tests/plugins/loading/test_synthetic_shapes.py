@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vision_pipe import LoadedData, Loader, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe_plugins.loading import synthetic_shapes as plugin
 from vision_pipe_plugins.loading.synthetic_shapes import MIN_CONTRAST, render, synthetic_shapes
 
@@ -217,7 +218,7 @@ def test_sampling_is_fast() -> None:
         ({"num_images": 0}, "num_images"),
         ({"size": 4}, "size"),
         ({"shapes": []}, "shapes"),
-        ({"shapes": ["circle", "hexagon"]}, "'hexagon'.*circle, square, triangle, star, ellipse"),
+        ({"shapes": ["circle", "hexagon"]}, r"shapes\[1\] must be one of 'circle', 'square', 'triangle', 'star', 'ellipse', got 'hexagon'"),
         ({"shapes": ["circle", "circle"]}, "twice"),
         ({"min_size": 0.0}, "min_size"),
         ({"min_size": 0.7, "max_size": 0.5}, "min_size ≤ max_size"),
@@ -231,7 +232,7 @@ def test_sampling_is_fast() -> None:
 )
 def test_invalid_parameters_raise_stage_error(params: dict[str, Any], words: str) -> None:
     with pytest.raises(StageError, match=f"synthetic_shapes.*{words}"):
-        synthetic_shapes(**params)
+        make_entry(synthetic_shapes).build(params)
 
 
 def test_unknown_task() -> None:

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from vision_pipe_plugins.loading import voc as plugin
-from vision_pipe_plugins.loading.voc import VOC_CLASSES, voc
 
 from vision_pipe import DataError, Loader, Pipeline, StageError
+from vision_pipe.registry import make_entry
 from vision_pipe.testing import check_loader
+from vision_pipe_plugins.loading import voc as plugin
+from vision_pipe_plugins.loading.voc import VOC_CLASSES, voc
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "tests" / "assets" / "detection" / "voc"
@@ -173,8 +174,8 @@ def test_fingerprint_changes_with_an_xml(root: Path) -> None:
 def test_duplicate_or_empty_classes() -> None:
     with pytest.raises(StageError, match=r"classes lists \['dog'\] more than once"):
         voc(ASSETS, classes=["dog", "cat", "dog"])
-    with pytest.raises(StageError, match="classes is empty"):
-        voc(ASSETS, classes=[])
+    with pytest.raises(StageError, match=r"classes must be list\[str\] \(≥ 1 item\), got \[\]"):
+        make_entry(voc).build({"root": ASSETS, "classes": []})
 
 
 def test_missing_root(tmp_path: Path) -> None:

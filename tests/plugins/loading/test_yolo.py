@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from vision_pipe_plugins.loading import yolo as plugin
-from vision_pipe_plugins.loading.yolo import default_labels, read_classes, yolo
 
 from vision_pipe import DataError, Loader, Pipeline
 from vision_pipe.testing import check_loader
+from vision_pipe_plugins.loading import yolo as plugin
+from vision_pipe_plugins.loading.yolo import default_labels, read_classes, yolo
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "detection" / "yolo"
 
