@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypedDict, TypeVar
 import numpy as np
 from torch import Tensor, nn
 
-from vision_pipe.errors import StageError
+from vision_pipe.errors import ChainError, StageError, did_you_mean
 from vision_pipe.samples import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -116,9 +116,39 @@ class StageContext:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes; :class:`StageError` before the loader has run."""
+        return len(self.classes)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names; :class:`StageError` before the loader has run (a stage that needs
+        them is built after it, so this is a bug in how the stage was built, e.g. by hand)."""
         if self.class_names is None:
-            raise RuntimeError("num_classes is not known before the loader has run")
-        return len(self.class_names)
+            raise StageError("the class names are not known yet: the stage must be built after the loader has run")
+        return self.class_names
+
+    @property
+    def features(self) -> tuple[FeatureInfo, ...]:
+        """The backbone's maps, finest first: :class:`StageError` before the backbone is built,
+        :class:`ChainError` naming the backbone when it declares none."""
+        if self.feature_info is None:
+            raise StageError("the backbone's feature maps are not known yet: build the head after the backbone")
+        if not self.feature_info:
+            raise ChainError(f"backbone '{self.backbone_name}' declares no feature maps")
+        return self.feature_info
+
+    def feature(self, name: str, *, param: str = "feature") -> FeatureInfo:
+        """The backbone map called ``name``; :class:`ChainError` naming the parameter ``param``
+        that asked for it, the backbone's maps with their strides, and the closest names."""
+        for info in self.features:
+            if info.name == name:
+                return info
+        names = [info.name for info in self.features]
+        listed = ", ".join(f"{info.name} (stride {info.stride})" for info in self.features)
+        raise ChainError(
+            f"{param}: backbone '{self.backbone_name}' has no map {name!r}; its maps are {listed}."
+            + did_you_mean(name, names)
+        )
 
 
 # ----------------------------------------------------------------------------

@@ -18,13 +18,11 @@ from torch import Tensor, nn
 
 from vision_pipe import (
     Batch,
-    ChainError,
     ClassificationPrediction,
     Features,
     Head,
     StageContext,
     StageError,
-    did_you_mean,
     hookimpl,
     stage,
 )
@@ -114,25 +112,12 @@ def classification(
     ``hidden``: width of an extra Linear+ReLU layer (0: none); ``label_smoothing``: of the
     cross-entropy loss.
     """
-    if context.class_names is None or context.feature_info is None:
-        raise StageError("head 'classification' needs the class names and the backbone's feature maps")
     if context.num_classes < 2:
         raise StageError(
             f"head 'classification' needs at least 2 classes, the loader gives {context.num_classes}: "
-            f"{list(context.class_names)}"
+            f"{list(context.classes)}"
         )
-    maps = {info.name: info for info in context.feature_info}
-    if not maps:
-        raise ChainError(f"head 'classification': backbone '{context.backbone_name}' declares no feature maps")
-    if feature is None:
-        info = context.feature_info[-1]
-    elif feature in maps:
-        info = maps[feature]
-    else:
-        raise ChainError(
-            f"head 'classification': feature {feature!r} is not a map of backbone '{context.backbone_name}'; "
-            f"its maps are {list(maps)}.{did_you_mean(feature, maps)}"
-        )
+    info = context.features[-1] if feature is None else context.feature(feature)
     return ClassificationHead(
         info.name,
         info.channels,

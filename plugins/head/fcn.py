@@ -278,22 +278,18 @@ def fcn(
         class_weights: one cross-entropy weight per class (background included).
         dropout: channel dropout on the coarsest map.
     """
-    if context.class_names is None or context.feature_info is None:
-        raise StageError("head 'fcn' needs the class names and the backbone's feature maps")
     if context.num_classes < 2:
         raise StageError(
             f"head 'fcn' needs at least 2 classes (background included), the loader gives "
-            f"{context.num_classes}: {list(context.class_names)}"
+            f"{context.num_classes}: {list(context.classes)}"
         )
     if class_weights is not None and len(class_weights) != context.num_classes:
         raise StageError(
             f"head 'fcn': class_weights has {len(class_weights)} values but there are {context.num_classes} "
-            f"classes (background included): {list(context.class_names)}"
+            f"classes (background included): {list(context.classes)}"
         )
-    infos = sorted(context.feature_info, key=lambda info: info.stride)
+    infos = sorted(context.features, key=lambda info: info.stride)
     names = [info.name for info in infos]
-    if not infos:
-        raise ChainError(f"head 'fcn': backbone '{context.backbone_name}' declares no feature maps")
     if upsample == "unpool" and "pool_indices" not in context.backbone_provides:
         raise ChainError(
             f"head 'fcn': upsample 'unpool' needs max-pooling indices, which backbone "

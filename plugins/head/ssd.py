@@ -41,7 +41,6 @@ from vision_pipe import (
     Head,
     StageContext,
     StageError,
-    did_you_mean,
     hookimpl,
     stage,
 )
@@ -156,48 +155,33 @@ def extra_output_size(size: tuple[int, int]) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def backbone_maps(
-    feature_info: Sequence[FeatureInfo], feature_maps: Sequence[str] | None, backbone_name: str | None
-) -> list[FeatureInfo]:
+def backbone_maps(context: StageContext, feature_maps: Sequence[str] | None) -> list[FeatureInfo]:
     """The backbone maps the head predicts on, finest first: ``feature_maps``, or by default those
     of stride >= :data:`DEFAULT_MIN_STRIDE` (the coarsest map if none is). :class:`ChainError` for
     an unknown map or maps out of stride order."""
-    maps = {info.name: info for info in feature_info}
-    if not maps:
-        raise ChainError(f"head 'ssd': backbone '{backbone_name}' declares no feature maps")
     if feature_maps is None:
-        return [info for info in feature_info if info.stride >= DEFAULT_MIN_STRIDE] or [feature_info[-1]]
-    for name in feature_maps:
-        if name not in maps:
-            raise ChainError(
-                f"head 'ssd': backbone '{backbone_name}' has no map {name!r} (feature_maps); its maps are "
-                f"{[f'{i.name} (stride {i.stride})' for i in feature_info]}.{did_you_mean(name, maps)}"
-            )
-    chosen = [maps[name] for name in feature_maps]
+        return [info for info in context.features if info.stride >= DEFAULT_MIN_STRIDE] or [context.features[-1]]
+    chosen = [context.feature(name, param="feature_maps") for name in feature_maps]
     strides = [info.stride for info in chosen]
     if any(a >= b for a, b in itertools.pairwise(strides)):
         order = sorted(set(chosen), key=lambda i: i.stride)
         raise ChainError(
-            f"head 'ssd': feature_maps must list distinct maps of backbone '{backbone_name}' finest first "
+            f"head 'ssd': feature_maps must list distinct maps of backbone '{context.backbone_name}' finest first "
             f"(increasing stride), got strides {strides}; e.g. {[i.name for i in order]}"
         )
     return chosen
 
 
 def plan_maps(
-    feature_info: Sequence[FeatureInfo],
-    input_size: tuple[int, int],
-    feature_maps: Sequence[str] | None,
-    num_maps: int | None,
-    extra_channels: int,
-    backbone_name: str | None,
+    context: StageContext, feature_maps: Sequence[str] | None, num_maps: int | None, extra_channels: int
 ) -> list[MapSpec]:
-    """The maps the head predicts on at ``input_size`` (h, w) pixels, finest first: the
+    """The maps the head predicts on at the pipeline's ``input_size`` (h, w) pixels, finest first: the
     :func:`backbone_maps`, then extra layers up to ``num_maps`` maps (``None``: until a map is 1×1).
 
     Raises :class:`ChainError` when the backbone cannot provide them, saying what would work.
     """
-    chosen = backbone_maps(feature_info, feature_maps, backbone_name)
+    chosen = backbone_maps(context, feature_maps)
+    backbone_name, input_size = context.backbone_name, context.input_size
     h, w = input_size
     specs = [MapSpec(i.name, i.channels, (math.ceil(h / i.stride), math.ceil(w / i.stride))) for i in chosen]
     if num_maps is not None and num_maps < len(specs):
@@ -485,15 +469,11 @@ def ssd(
             f"head 'ssd': min_scale ({min_scale}) must be <= max_scale ({max_scale}); "
             "they are the default-box scales of the finest and the coarsest map"
         )
-    if context.class_names is None or context.feature_info is None:
-        raise StageError("head 'ssd' needs the class names and the backbone's feature maps")
     if context.num_classes < 1:
         raise StageError("head 'ssd' needs at least one object class; the loader gives none")
-    specs = plan_maps(
-        context.feature_info, context.input_size, feature_maps, num_maps, extra_channels, context.backbone_name
-    )
+    specs = plan_maps(context, feature_maps, num_maps, extra_channels)
     ratios = _resolve_aspect_ratios(aspect_ratios, specs, num_maps)
-    first = next(info for info in context.feature_info if info.name == specs[0].name)
+    first = context.feature(specs[0].name)
     return SSDHead(
         specs,
         context.num_classes,
