@@ -136,7 +136,9 @@ def _text_names(path: Path, text: str) -> list[str]:
     return lines
 
 
-def read_class_file(path: Path, *, what: str = "classes file", fix: str = "check the loading stage's 'classes' parameter") -> ClassSpec:
+def read_class_file(
+    path: Path, *, what: str = "classes file", fix: str = "check the loading stage's 'classes' parameter"
+) -> ClassSpec:
     """Read a classes file (``.yaml``/``.yml``, ``.json``, or one name per line; see the module docstring).
 
     ``what`` names the file in messages (``"YOLO classes file"``), ``fix`` says what to do when it is missing.

@@ -31,7 +31,9 @@ EXIT_USAGE = 2
 
 def _add_common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
     if overrides:
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. trainer.max_epochs=3")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="override config values, e.g. trainer.max_epochs=3"
+        )
     p.add_argument(
         "--disable", action="append", default=[], metavar="PLUGIN", help="do not load this plugin (repeatable)"
     )
@@ -44,37 +46,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("fit", help="train a pipeline, then test its best checkpoint", description="Train a pipeline, then evaluate its best checkpoint on the test split.")
+    p = sub.add_parser(
+        "fit",
+        help="train a pipeline, then test its best checkpoint",
+        description="Train a pipeline, then evaluate its best checkpoint on the test split.",
+    )
     p.add_argument("pipeline", help="pipeline YAML (or a run's config.yaml to repeat that run)")
     _add_common(p)
-    p.add_argument("--resume", metavar="CKPT", help="continue training from this checkpoint (e.g. .../checkpoints/last.ckpt)")
+    p.add_argument(
+        "--resume", metavar="CKPT", help="continue training from this checkpoint (e.g. .../checkpoints/last.ckpt)"
+    )
     p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
 
     for name, what in (("validate", "validation"), ("test", "test")):
-        p = sub.add_parser(name, help=f"evaluate a checkpoint on the {what} split", description=f"Evaluate a checkpoint on the {what} split; prints the metrics as JSON.")
+        p = sub.add_parser(
+            name,
+            help=f"evaluate a checkpoint on the {what} split",
+            description=f"Evaluate a checkpoint on the {what} split; prints the metrics as JSON.",
+        )
         p.add_argument("pipeline", help="pipeline YAML")
         _add_common(p)
         p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint to evaluate")
 
-    p = sub.add_parser("predict", help="predict on images, write JSON and annotated images", description="Predict on image files or folders; writes predictions.json and annotated images to --out.")
+    p = sub.add_parser(
+        "predict",
+        help="predict on images, write JSON and annotated images",
+        description="Predict on image files or folders; writes predictions.json and annotated images to --out.",
+    )
     p.add_argument("source", help="a checkpoint (.ckpt) or a pipeline YAML (then --ckpt is required)")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
     _add_common(p, overrides=False)
 
-    p = sub.add_parser("check", help="validate a pipeline YAML and its chain without training", description="Validate a pipeline YAML, its stages and their chain, and index the data, without training.")
+    p = sub.add_parser(
+        "check",
+        help="validate a pipeline YAML and its chain without training",
+        description="Validate a pipeline YAML, its stages and their chain, and index the data, without training.",
+    )
     p.add_argument("pipeline", help="pipeline YAML")
-    p.add_argument("--data", action="store_true", help="also read and check every sample (the pre-flight pass run before training)")
+    p.add_argument(
+        "--data", action="store_true", help="also read and check every sample (the pre-flight pass run before training)"
+    )
     _add_common(p)
 
-    p = sub.add_parser("stages", help="list every registered stage", description="List every registered stage: kind, name, parameters (types, defaults) and plugin.")
-    p.add_argument("--kind", choices=["loading", "normalization", "augmentation", "backbone", "head"], help="only this kind")
+    p = sub.add_parser(
+        "stages",
+        help="list every registered stage",
+        description="List every registered stage: kind, name, parameters (types, defaults) and plugin.",
+    )
+    p.add_argument(
+        "--kind", choices=["loading", "normalization", "augmentation", "backbone", "head"], help="only this kind"
+    )
     p.add_argument("--all", action="store_true", help="show all parameters of every augmentation (long)")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown reference (parameter tables and docstrings)")
+    p.add_argument(
+        "--markdown", action="store_true", help="print a Markdown reference (parameter tables and docstrings)"
+    )
     _add_common(p, overrides=False)
 
-    p = sub.add_parser("plugins", help="list loaded plugins and their stages", description="List loaded plugins with package, version and the stages each provides.")
+    p = sub.add_parser(
+        "plugins",
+        help="list loaded plugins and their stages",
+        description="List loaded plugins with package, version and the stages each provides.",
+    )
     _add_common(p, overrides=False)
     return parser
 
@@ -164,7 +198,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "check":
         cfg = pipe.config
         print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
-        print(f"  loading       {cfg.data.loader['name']}  ({len(pipe.class_names)} classes: {', '.join(pipe.class_names[:10])}{' ...' if len(pipe.class_names) > 10 else ''})")
+        print(
+            f"  loading       {cfg.data.loader['name']}  ({len(pipe.class_names)} classes: {', '.join(pipe.class_names[:10])}{' ...' if len(pipe.class_names) > 10 else ''})"
+        )
         print("  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
         if cfg.data.normalization:
             print(f"  normalization {cfg.data.normalization['name']}")

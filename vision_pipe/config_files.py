@@ -156,7 +156,9 @@ def load_yaml_with_bases(path: str | Path, _chain: tuple[Path, ...] = ()) -> tup
     merged_locs = Locations()
     for b in bases:
         if not isinstance(b, str):
-            raise ConfigError("base must be a file path or a list of file paths", location=locs.find(("base",)), key="base")
+            raise ConfigError(
+                "base must be a file path or a list of file paths", location=locs.find(("base",)), key="base"
+            )
         base_path = (path.parent / b).resolve()
         chain = _chain + (path.resolve(),)
         if base_path in chain:
@@ -204,8 +206,10 @@ def _parse_override(item: str) -> tuple[bool, list[str], Any, str]:
 
 
 def _changes_stage_name(segments: list[str]) -> bool:
-    return len(segments) >= 3 and segments[-1] == "name" and _is_stage_slot(
-        tuple(int(s) if s.isdigit() else s for s in segments[:-1])
+    return (
+        len(segments) >= 3
+        and segments[-1] == "name"
+        and _is_stage_slot(tuple(int(s) if s.isdigit() else s for s in segments[:-1]))
     )
 
 
@@ -235,7 +239,9 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], locs: Locati
             elif isinstance(node, dict):
                 idx = seg
             else:
-                raise ConfigError(f"cannot set '{seg}' inside a {type(node).__name__}", location=where, key=dotted(parts))
+                raise ConfigError(
+                    f"cannot set '{seg}' inside a {type(node).__name__}", location=where, key=dotted(parts)
+                )
             parts.append(idx)
             if last:
                 _apply_one(data, node, idx, tuple(parts), delete, value, where, locs)

@@ -81,7 +81,7 @@ def make_splits(loaded: LoadedData, fractions: Sequence[float], seed: int) -> di
     n = len(source)
     if n == 0:
         raise DataError("the loader found no samples")
-    share = dict(zip(SPLITS, fractions))
+    share = dict(zip(SPLITS, fractions, strict=True))
     total = sum(share[s] for s in wanted)
     sizes = {s: int(round(share[s] / total * n)) for s in wanted[1:]}
     for s in wanted[1:]:

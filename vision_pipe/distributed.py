@@ -92,7 +92,9 @@ def wait_for_rank_zero(path: Path, what: str, *, timeout: float | None = None, p
 
 def private_run_dir() -> Path:
     """A temporary run directory for a secondary process (removed when the process exits)."""
-    path = Path(tempfile.mkdtemp(prefix=f"vision-pipe-rank{os.environ.get('RANK') or os.environ.get('LOCAL_RANK', 'x')}-"))
+    path = Path(
+        tempfile.mkdtemp(prefix=f"vision-pipe-rank{os.environ.get('RANK') or os.environ.get('LOCAL_RANK', 'x')}-")
+    )
     (path / "plots").mkdir()
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
@@ -107,4 +109,6 @@ def evaluation_sampler(dataset: Dataset, trainer: Any) -> Sampler | None:
         return None
     from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 
-    return UnrepeatedDistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+    )

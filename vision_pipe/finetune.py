@@ -47,7 +47,9 @@ def load_weights(backbone: nn.Module, weights: str | Path, where: str) -> None:
     """Load a state dict, or the ``backbone.*`` part of a vision-pipe/Lightning checkpoint, into ``backbone``."""
     path = Path(weights)
     if not path.is_file():
-        raise ConfigError(f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights")
+        raise ConfigError(
+            f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights"
+        )
     try:
         state = load_torch_file(path)
     except Exception as exc:
@@ -70,7 +72,9 @@ def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> No
     names = [n for n, _ in backbone.named_parameters()]
     for prefix in prefixes:
         matched = {
-            n for n in names if n == prefix or n.startswith(prefix + ".") or (prefix.endswith(".") and n.startswith(prefix))
+            n
+            for n in names
+            if n == prefix or n.startswith(prefix + ".") or (prefix.endswith(".") and n.startswith(prefix))
         }
         if not matched:
             tops = sorted({n.split(".")[0] for n in names})
@@ -111,7 +115,10 @@ class FrozenBatchNorm2d(_FrozenStatistics, nn.BatchNorm2d):
     """A frozen :class:`torch.nn.BatchNorm2d` (see :func:`freeze_batch_norm_statistics`)."""
 
 
-_FROZEN_BN: dict[type[nn.Module], type[nn.Module]] = {nn.BatchNorm1d: FrozenBatchNorm1d, nn.BatchNorm2d: FrozenBatchNorm2d}
+_FROZEN_BN: dict[type[nn.Module], type[nn.Module]] = {
+    nn.BatchNorm1d: FrozenBatchNorm1d,
+    nn.BatchNorm2d: FrozenBatchNorm2d,
+}
 
 
 def freeze_batch_norm_statistics(backbone: nn.Module) -> None:

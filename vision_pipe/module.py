@@ -126,7 +126,7 @@ class PipelineModule(pl.LightningModule):
         zero = torch.zeros((), device=self.device)
         stacked = torch.stack([torch.tensor(float(count), device=self.device), *(sums.get(k, zero) for k in keys)])
         stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")
-        for key, total in zip(keys, stacked[1:]):
+        for key, total in zip(keys, stacked[1:], strict=True):
             mean = total / stacked[0].clamp(min=1)
             # equal in every process already: "max" keeps it exact (and tells Lightning it is reduced)
             self.log(f"{split}/{key}", mean, prog_bar=key == "loss", sync_dist=True, reduce_fx="max")
@@ -207,7 +207,9 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.op
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=wd)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, weight_decay=wd)
+        return torch.optim.RMSprop(
+            params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, weight_decay=wd
+        )
     return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=wd)
 
 

@@ -21,6 +21,7 @@ import pydantic
 #: Where a value sits inside a stage's parameters: ``("nms_thresh",)``, ``("variances", 1)``.
 Loc = tuple[str | int, ...]
 
+
 def _bounds(metadata: Iterable[Any]) -> tuple[list[tuple[str, Any]], list[str]]:
     """(``[(op, value)]`` bounds, other constraint words) of ``Annotated`` metadata."""
     bounds: list[tuple[str, Any]] = []

@@ -173,9 +173,7 @@ class PluginManager(pluggy.PluginManager):
         """Register a plugin object (usually a module): validate its hooks, then collect its stages."""
         name = name or self.get_canonical_name(plugin)
         if isinstance(plugin, type):
-            raise PluginError(
-                f"plugin '{name}' is a class; register an instance of it (have you forgotten the `()`?)"
-            )
+            raise PluginError(f"plugin '{name}' is a class; register an instance of it (have you forgotten the `()`?)")
         ep = self._loading
         if ep is not None and ep.name == name and ep.dist is not None:
             distribution = distribution or ep.dist.name

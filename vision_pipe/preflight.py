@@ -100,7 +100,12 @@ class _Checked(Dataset):
 
 def _key(splits: dict[str, SampleSource], task: str, num_classes: int) -> str:
     payload = json.dumps(
-        {"v": _VERSION, "task": task, "classes": num_classes, "splits": {k: s.fingerprint() for k, s in splits.items()}},
+        {
+            "v": _VERSION,
+            "task": task,
+            "classes": num_classes,
+            "splits": {k: s.fingerprint() for k, s in splits.items()},
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

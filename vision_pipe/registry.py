@@ -37,6 +37,7 @@ RESERVED_KEYS: dict[str, tuple[str, ...]] = {
     "head": ("name",),
 }
 
+
 class StageConflictError(PluginError):
     """Two plugins register the same (kind, name) and neither or both say ``override=True``."""
 
@@ -78,6 +79,7 @@ class Parameter:
 # ----------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------
+
 
 @dataclass
 class StageEntry:

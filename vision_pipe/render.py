@@ -57,7 +57,7 @@ def write_predictions(
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
-    for image, pred, name in zip(images, predictions, names):
+    for image, pred, name in zip(images, predictions, names, strict=True):
         task = task_of_prediction(pred)
         stem = _unique(name, used)
         record = pred.to_dict()

@@ -54,7 +54,9 @@ class SegmentationPrediction(Prediction):
         return {
             "id": self.id,
             "size": list(self.mask.shape),
-            "pixels_per_class": {self.class_names[int(i)]: int(c) for i, c in zip(ids, counts) if i < len(self.class_names)},
+            "pixels_per_class": {
+                self.class_names[int(i)]: int(c) for i, c in zip(ids, counts, strict=True) if i < len(self.class_names)
+            },
         }
 
 

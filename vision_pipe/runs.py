@@ -134,7 +134,9 @@ class RunArtifacts(pl.Callback):
             (self.run_dir / "logs").glob("csv*/metrics.csv"), key=lambda p: (len(p.parent.name), p.parent.name)
         )
         plot_curves(fit_logs, self.run_dir / "plots" / "curves.png")
-        update_metrics_file(self.run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")})
+        update_metrics_file(
+            self.run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")}
+        )
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -155,7 +155,7 @@ def check_boxes(sample: Mapping[str, Any], size: tuple[int, int], num_classes: i
     if len(boxes) != len(labels):
         raise DataError(f"{sample_id}: {len(boxes)} boxes but {len(labels)} labels; give one label per box")
     height, width = size
-    for i, (box, label) in enumerate(zip(boxes, labels)):
+    for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
         where = f"{sample_id}: box {i} [x1, y1, x2, y2] = {fmt_box(box)}"
         problem = box_problem(box, width, height)
         if problem:

@@ -94,7 +94,9 @@ def render_entry(entry: StageEntry) -> str:
 
 def _is_albumentations(entry: StageEntry) -> bool:
     """A built-in augmentation: its docstring is albumentations' own (long) one, linked instead of copied."""
-    return entry.kind == "augmentation" and entry.plugin == "albumentations" and entry.distribution == BUILTIN_DISTRIBUTION
+    return (
+        entry.kind == "augmentation" and entry.plugin == "albumentations" and entry.distribution == BUILTIN_DISTRIBUTION
+    )
 
 
 def render_markdown(entries: Iterable[StageEntry], *, command: str = REGENERATE) -> str:

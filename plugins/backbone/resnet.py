@@ -154,9 +154,7 @@ class ResNet(Backbone):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n_blocks):
-                blocks.append(
-                    block_cls(channels, planes, stride if j == 0 else 1, batch_norm, activation, leaky_slope)
-                )
+                blocks.append(block_cls(channels, planes, stride if j == 0 else 1, batch_norm, activation, leaky_slope))
                 channels = planes * block_cls.expansion
             name = f"stage{i + 1}"
             self.add_module(name, nn.Sequential(*blocks))

@@ -97,9 +97,7 @@ class UpStep(nn.Module):
         else:
             self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
-    def forward(
-        self, x: Tensor, size: tuple[int, int], pool: tuple[Tensor, tuple[int, int]] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int], pool: tuple[Tensor, tuple[int, int]] | None = None) -> Tensor:
         if self.mode == "transposed":
             return _fit(self.up(x), size)  # (B, C, 2h, 2w) cropped to (H, W)
         if self.mode == "unpool" and pool is not None:
@@ -171,9 +169,11 @@ class FCNHead(Head):
             for s in self.strides[:-1]
         )
         # Skip layers, keyed by map name.
-        self.skip_names = [info.name for info in self.infos[:-1]] if concat else [
-            info.name for info in self.infos[-1 - _SCORE_SKIPS[skips] : -1]
-        ]
+        self.skip_names = (
+            [info.name for info in self.infos[:-1]]
+            if concat
+            else [info.name for info in self.infos[-1 - _SCORE_SKIPS[skips] : -1]]
+        )
         in_ch = {info.name: info.channels for info in self.infos}
         if concat:
             self.skip_layers = nn.ModuleDict(
@@ -206,7 +206,7 @@ class FCNHead(Head):
         maps = features.maps
         skip_at = {info.stride: info.name for info in self.infos if info.name in self.skip_layers}  # stride → map
         x = self.entry(self.dropout(maps[self.infos[-1].name]))
-        for step, s in zip(self.steps, self.strides[:-1]):
+        for step, s in zip(self.steps, self.strides[:-1], strict=True):
             t = s // 2
             if t in self.by_stride and self.by_stride[t].name in maps:
                 size = tuple(maps[self.by_stride[t].name].shape[-2:])

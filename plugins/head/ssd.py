@@ -199,7 +199,9 @@ def plan_maps(
                 f"use num_maps <= {len(specs)} (or leave it out: down to 1×1), a larger input_size, "
                 f"or finer feature_maps"
             )
-        specs.append(MapSpec(f"extra{len(specs) - len(chosen) + 1}", extra_channels, extra_output_size(specs[-1].size), True))
+        specs.append(
+            MapSpec(f"extra{len(specs) - len(chosen) + 1}", extra_channels, extra_output_size(specs[-1].size), True)
+        )
     return specs
 
 
@@ -276,9 +278,12 @@ class SSDHead(Head):
         self.extras = nn.ModuleList(extras)
         per_location = boxes_per_location(self.aspect_ratios)
         self.cls_heads = nn.ModuleList(
-            nn.Conv2d(m.channels, n * (num_classes + 1), 3, padding=1) for m, n in zip(self.maps, per_location)
+            nn.Conv2d(m.channels, n * (num_classes + 1), 3, padding=1)
+            for m, n in zip(self.maps, per_location, strict=True)
         )
-        self.box_heads = nn.ModuleList(nn.Conv2d(m.channels, n * 4, 3, padding=1) for m, n in zip(self.maps, per_location))
+        self.box_heads = nn.ModuleList(
+            nn.Conv2d(m.channels, n * 4, 3, padding=1) for m, n in zip(self.maps, per_location, strict=True)
+        )
         for conv in [*self.cls_heads, *self.box_heads]:
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -287,7 +292,11 @@ class SSDHead(Head):
     @property
     def num_defaults(self) -> int:
         """D, the number of default boxes at the pipeline's input size."""
-        return sum(h * w * n for m, n in zip(self.maps, boxes_per_location(self.aspect_ratios)) for h, w in [m.size])
+        return sum(
+            h * w * n
+            for m, n in zip(self.maps, boxes_per_location(self.aspect_ratios), strict=True)
+            for h, w in [m.size]
+        )
 
     def defaults_for(self, sizes: Sequence[tuple[int, int]], image_size: tuple[int, int], like: Tensor) -> Tensor:
         """(D, 4) normalized xyxy default boxes of maps of ``sizes`` on an image of ``image_size`` (h, w),
@@ -309,8 +318,8 @@ class SSDHead(Head):
         for extra in self.extras:
             x = extra(x)
             xs.append(x)
-        logits = [_flatten(head(x), self.num_classes + 1) for head, x in zip(self.cls_heads, xs)]
-        offsets = [_flatten(head(x), 4) for head, x in zip(self.box_heads, xs)]
+        logits = [_flatten(head(x), self.num_classes + 1) for head, x in zip(self.cls_heads, xs, strict=True)]
+        offsets = [_flatten(head(x), 4) for head, x in zip(self.box_heads, xs, strict=True)]
         sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in xs]
         defaults = self.defaults_for(sizes, self._image_size(sizes[0]), xs[0])
         return SSDOutputs(torch.cat(logits, dim=1), torch.cat(offsets, dim=1), defaults)
@@ -391,6 +400,7 @@ class SSDHead(Head):
                 )
             )
         return predictions
+
 
 # ----------------------------------------------------------------------------
 # the stage

@@ -135,9 +135,7 @@ def default_boxes(
     return boxes
 
 
-def encode(
-    gt_xyxy: Tensor, defaults_xyxy: Tensor, variances: Sequence[float] = DEFAULT_VARIANCES
-) -> Tensor:
+def encode(gt_xyxy: Tensor, defaults_xyxy: Tensor, variances: Sequence[float] = DEFAULT_VARIANCES) -> Tensor:
     """Regression targets of ground-truth boxes relative to their default boxes (page 5 of the SSD paper).
 
     Args:
@@ -157,9 +155,7 @@ def encode(
     return torch.cat((centre, size), dim=-1)  # [D,4]
 
 
-def decode(
-    offsets: Tensor, defaults_xyxy: Tensor, variances: Sequence[float] = DEFAULT_VARIANCES
-) -> Tensor:
+def decode(offsets: Tensor, defaults_xyxy: Tensor, variances: Sequence[float] = DEFAULT_VARIANCES) -> Tensor:
     """Boxes from predicted offsets: the inverse of :func:`encode`.
 
     The size terms are clamped to :data:`BBOX_XFORM_CLIP` before ``exp`` (as torchvision's
@@ -232,9 +228,7 @@ def match_batch(gt_boxes: Tensor, valid: Tensor, defaults: Tensor, iou_threshold
     return torch.where(winner >= 0, winner, matched)  # [B,D]
 
 
-def hard_negative_mining(
-    conf_loss: Tensor, positive: Tensor, ratio: float = 3.0, min_negatives: int = 0
-) -> Tensor:
+def hard_negative_mining(conf_loss: Tensor, positive: Tensor, ratio: float = 3.0, min_negatives: int = 0) -> Tensor:
     """The negatives to train on: per image, the highest-loss ones (page 6, "Hard negative mining").
 
     An image with ``P`` positives keeps ``floor(ratio * P)`` negatives, at least
@@ -320,9 +314,9 @@ def ssd_loss(
         box_target = torch.zeros_like(box_offsets)
     positive = matched != BACKGROUND  # [B,D]
 
-    ce = F.cross_entropy(
-        cls_logits.reshape(-1, num_outputs), cls_target.reshape(-1), reduction="none"
-    ).view(batch, num_defaults)  # [B,D]
+    ce = F.cross_entropy(cls_logits.reshape(-1, num_outputs), cls_target.reshape(-1), reduction="none").view(
+        batch, num_defaults
+    )  # [B,D]
     negative = hard_negative_mining(ce, positive, neg_pos_ratio, min_negatives)  # [B,D]
     loss_conf = ce[positive | negative].sum()
     loss_loc = F.smooth_l1_loss(box_offsets[positive], box_target[positive], reduction="sum", beta=1.0)
@@ -384,7 +378,9 @@ def postprocess(
 
     results = []
     counts = torch.bincount(image, minlength=batch).tolist()  # candidates per image
-    for boxes, scores_i, labels in zip(c_boxes.split(counts), c_scores.split(counts), c_labels.split(counts)):
+    for boxes, scores_i, labels in zip(
+        c_boxes.split(counts), c_scores.split(counts), c_labels.split(counts), strict=True
+    ):
         # strictly decreasing ranks, so NMS's own (unstable) sort cannot reorder ties
         ranks = torch.arange(scores_i.numel(), 0, -1, dtype=torch.float32, device=scores_i.device)  # [M_i]
         keep = batched_nms(boxes, ranks, labels, nms_thresh)[:detections_per_img]  # [K]

@@ -72,9 +72,7 @@ def _read_json(path: Path, param: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg}): fix the file; {_KEYS}"
-        ) from exc
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg}): fix the file; {_KEYS}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read COCO annotation file {path}: {exc}") from exc
     missing = [k for k in ("images", "categories") if not isinstance(data, dict) or not isinstance(data.get(k), list)]
@@ -91,7 +89,7 @@ def _is_id(value: Any) -> bool:
 def _categories(path: Path, entries: list[Any]) -> dict[int, str]:
     """Category id → name; DataError for malformed, duplicate or missing categories."""
     if not entries:
-        raise DataError(f"{path}: 'categories' is empty: declare every class as {{\"id\": 1, \"name\": \"cat\"}}")
+        raise DataError(f'{path}: \'categories\' is empty: declare every class as {{"id": 1, "name": "cat"}}')
     found: dict[int, str] = {}
     for i, cat in enumerate(entries):
         ok = isinstance(cat, dict) and isinstance(cat.get("id"), int) and not isinstance(cat.get("id"), bool)
@@ -121,7 +119,7 @@ def _images(path: Path, entries: list[Any]) -> tuple[list[Any], list[str]]:
         ids.append(img["id"])
         names.append(img["file_name"])
     if not ids:
-        raise DataError(f"{path}: 'images' is empty: list the images as {{\"id\": 1, \"file_name\": \"a.jpg\"}}")
+        raise DataError(f'{path}: \'images\' is empty: list the images as {{"id": 1, "file_name": "a.jpg"}}')
     return ids, names
 
 
@@ -202,7 +200,11 @@ class CocoSource(DetectionSource):
 
     def _category(self, ann: Annotation) -> tuple[int | None, str | None]:
         """The annotation's label, or why it has none."""
-        if isinstance(ann.category_id, int) and not isinstance(ann.category_id, bool) and ann.category_id in self.labels:
+        if (
+            isinstance(ann.category_id, int)
+            and not isinstance(ann.category_id, bool)
+            and ann.category_id in self.labels
+        ):
             return self.labels[ann.category_id], None
         ids = list(self.labels)
         declared = ", ".join(f"{c} {self.categories[c]!r}" for c in ids[:10]) + (", ..." if len(ids) > 10 else "")

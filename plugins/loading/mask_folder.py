@@ -145,7 +145,8 @@ class MaskReader:
             unknown, counts = np.unique(codes[~known], return_counts=True)
             order = np.argsort(-counts)[:_MAX_LISTED]
             listed = ", ".join(
-                f"({c >> 16}, {(c >> 8) & 255}, {c & 255}): {n} px" for c, n in zip(unknown[order], counts[order])
+                f"({c >> 16}, {(c >> 8) & 255}, {c & 255}): {n} px"
+                for c, n in zip(unknown[order], counts[order], strict=True)
             )
             raise DataError(
                 f"mask {path} has {len(unknown)} colour(s) that are no class colour: {listed}; "
@@ -403,7 +404,7 @@ class MaskFolder(Loader):
             for i, given in enumerate(spec.colors)
         ]
         if cfg.rgb_masks and any(c is None for c in spec.colors):
-            missing = [name for name, c in zip(spec.names, spec.colors) if c is None]
+            missing = [name for name, c in zip(spec.names, spec.colors, strict=True) if c is None]
             raise DataError(
                 f"rgb_masks needs a colour for every class, but 'classes' gives none for {missing}: use a classes "
                 "file with entries like {0: {name: background, color: [0, 0, 0]}}"
@@ -419,7 +420,9 @@ class MaskFolder(Loader):
             raise DataError(f"rgb_masks needs a different colour for every class; the colours are {colors}")
         if cfg.ignore_color is not None:
             if cfg.ignore_color in table:
-                raise DataError(f"ignore_color {cfg.ignore_color} is also the colour of class {table[cfg.ignore_color]}")
+                raise DataError(
+                    f"ignore_color {cfg.ignore_color} is also the colour of class {table[cfg.ignore_color]}"
+                )
             table[cfg.ignore_color] = cfg.ignore_value
         codes = _color_codes(np.array(list(table), np.uint8).reshape(-1, 3))
         order = np.argsort(codes)

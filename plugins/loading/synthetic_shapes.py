@@ -27,7 +27,10 @@ _POLYGONS: dict[str, np.ndarray] = {
     "square": np.array([[np.cos(a), np.sin(a)] for a in np.pi / 4 + np.arange(4) * np.pi / 2]),
     "triangle": np.array([[np.cos(a), np.sin(a)] for a in -np.pi / 2 + np.arange(3) * 2 * np.pi / 3]),
     "star": np.array(
-        [[r * np.cos(a), r * np.sin(a)] for r, a in zip([1.0, 0.45] * 5, -np.pi / 2 + np.arange(10) * np.pi / 5)]
+        [
+            [r * np.cos(a), r * np.sin(a)]
+            for r, a in zip([1.0, 0.45] * 5, -np.pi / 2 + np.arange(10) * np.pi / 5, strict=True)
+        ]
     ),
 }
 Shape = Literal["circle", "square", "triangle", "star", "ellipse"]

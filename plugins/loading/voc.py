@@ -158,7 +158,7 @@ class VocSource(DetectionSource):
             return f"{where}: <difficult> is {difficult_text!r}; it must be 0 or 1"
         values = [_number(obj, tag) for tag in _COORDS]
         if any(v is None for v in values):
-            missing = [tag for tag, v in zip(_COORDS, values) if v is None]
+            missing = [tag for tag, v in zip(_COORDS, values, strict=True) if v is None]
             return f"{where}: <bndbox> lacks a number in <{'>, <'.join(missing)}>: give xmin, ymin, xmax, ymax"
         xmin, ymin, xmax, ymax = (float(v) for v in values if v is not None)
         box = (xmin - 1, ymin - 1, xmax, ymax) if self.one_based else (xmin, ymin, xmax, ymax)
@@ -200,7 +200,9 @@ class Voc(Loader):
         require_dir(self.root / "Annotations", "VOC annotation folder", fix + _layout_hint(self.root))
         require_dir(self.root / "JPEGImages", "VOC image folder", fix + _layout_hint(self.root))
         images = self._images()
-        splits = {s: VocSource(self.root, ids, images, self, listed) for s, (ids, listed) in _split_ids(self.root).items()}
+        splits = {
+            s: VocSource(self.root, ids, images, self, listed) for s, (ids, listed) in _split_ids(self.root).items()
+        }
         return LoadedData(list(self.classes), splits)
 
 

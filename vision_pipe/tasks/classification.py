@@ -121,7 +121,7 @@ def write_confusion_csv(confmat: np.ndarray, class_names: Sequence[str], path: P
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true\\predicted", *class_names])
-        for name, row in zip(class_names, confmat):
+        for name, row in zip(class_names, confmat, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
 
 

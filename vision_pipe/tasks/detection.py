@@ -152,7 +152,7 @@ class DetectionTask(Task):
         writes ``ap_per_class.csv`` and ``precision_recall.png`` (per class, at IoU 0.5)."""
         out = {key: _nan_if_missing(float(computed[key])) for key in ("map", "map_50", "map_75", "mar_100")}
         ap, ap50 = per_class_ap(computed, len(class_names))
-        for name, a, a50 in zip(class_names, ap, ap50):
+        for name, a, a50 in zip(class_names, ap, ap50, strict=True):
             out[f"ap/{name}"] = a
             out[f"ap_50/{name}"] = a50
         if plots_dir is not None:
@@ -174,12 +174,21 @@ class DetectionTask(Task):
         colours = class_palette(int(prediction.labels.max(initial=0)) + 2)
         if class_colors:
             colours[1 : len(class_colors) + 1] = class_colors
-        for box, label, name, score in zip(prediction.boxes, prediction.labels, prediction.class_names, prediction.scores):
+        for box, label, name, score in zip(
+            prediction.boxes, prediction.labels, prediction.class_names, prediction.scores, strict=True
+        ):
             x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
             colour = tuple(int(c) for c in colours[int(label) + 1])
             cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2)
             cv2.putText(
-                canvas, f"{name} {score:.2f}", (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA
+                canvas,
+                f"{name} {score:.2f}",
+                (x1, max(12, y1 - 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                colour,
+                1,
+                cv2.LINE_AA,
             )
         return canvas
 
@@ -191,7 +200,7 @@ class DetectionTask(Task):
         for i, prediction in enumerate(predictions):
             prediction = cast(DetectionPrediction, prediction)
             for box, label, cname, score in zip(
-                prediction.boxes, prediction.labels, prediction.class_names, prediction.scores
+                prediction.boxes, prediction.labels, prediction.class_names, prediction.scores, strict=True
             ):
                 x1, y1, x2, y2 = (float(v) for v in box)
                 coco.append(
@@ -240,7 +249,7 @@ def per_class_ap(computed: dict[str, Tensor], num_classes: int) -> tuple[list[fl
     ap = [math.nan] * num_classes
     per_class = computed["map_per_class"].detach().cpu().reshape(-1).tolist()
     classes = computed["classes"].detach().cpu().reshape(-1).tolist()
-    for c, value in zip(classes, per_class):
+    for c, value in zip(classes, per_class, strict=True):
         if 0 <= int(c) < num_classes:
             ap[int(c)] = _nan_if_missing(float(value))
     ap50 = [math.nan] * num_classes
@@ -255,7 +264,7 @@ def write_ap_csv(class_names: Sequence[str], ap: Sequence[float], ap50: Sequence
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "ap_50", "ap"])
-        for name, a, a50 in zip(class_names, ap, ap50):
+        for name, a, a50 in zip(class_names, ap, ap50, strict=True):
             writer.writerow([name, "" if math.isnan(a50) else f"{a50:.4f}", "" if math.isnan(a) else f"{a:.4f}"])
 
 

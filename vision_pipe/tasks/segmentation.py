@@ -97,7 +97,7 @@ class SegmentationTask(Task):
         iou = computed["iou"].detach().cpu().double().numpy()
         present = iou[~np.isnan(iou)]
         out = {"miou": float(present.mean()) if present.size else math.nan, "pixel_acc": float(computed["pixel_acc"])}
-        for name, value in zip(class_names, iou):
+        for name, value in zip(class_names, iou, strict=True):
             out[f"iou/{name}"] = float(value)
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def write_iou_csv(iou: np.ndarray, class_names: Sequence[str], path: Path) -> No
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "class", "iou"])
-        for i, (name, value) in enumerate(zip(class_names, iou)):
+        for i, (name, value) in enumerate(zip(class_names, iou, strict=True)):
             writer.writerow([i, name, f"{value:.6f}" if np.isfinite(value) else "nan"])
 
 
@@ -162,7 +162,7 @@ def write_iou_png(iou: np.ndarray, class_names: Sequence[str], miou: float, path
     ax = fig.add_subplot()
     rows = np.arange(n)
     ax.barh(rows, np.nan_to_num(iou, nan=0.0), color="tab:blue")
-    for row, value in zip(rows, iou):
+    for row, value in zip(rows, iou, strict=True):
         label = f"{value:.3f}" if np.isfinite(value) else "n/a"
         ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, float(row), label, va="center", fontsize=8)
     title = "IoU per class"
