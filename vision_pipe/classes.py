@@ -104,7 +104,7 @@ def parse_classes(data: Any, where: str) -> ClassSpec:
                 f"{where}: key {not_ids[0]!r} is not a class id (0, 1, 2, ...); give a list of names, "
                 f"a mapping id → name, or a mapping with 'names:' ({_EXAMPLE})"
             )
-        by_id = {ids[key]: value for key, value in data.items()}
+        by_id = {i: data[key] for key, i in ids.items() if i is not None}
         if sorted(by_id) != list(range(len(by_id))):
             missing = sorted(set(range(len(by_id))) - set(by_id))
             raise DataError(

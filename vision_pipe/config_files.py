@@ -255,7 +255,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str], locs: Locati
                         )
                     node[idx] = {}
                     locs.set(tuple(parts), where)
-                node = node[idx]  # type: ignore[index]
+                node = node[idx]
     return data
 
 

@@ -104,7 +104,7 @@ class _FrozenStatistics(nn.Module):
     normalizes with (and keeps) its running statistics instead of updating them from batches."""
 
     def train(self: _M, mode: bool = True) -> _M:
-        return super().train(False)  # type: ignore[misc]
+        return super().train(False)
 
 
 class FrozenBatchNorm1d(_FrozenStatistics, nn.BatchNorm1d):

@@ -114,7 +114,7 @@ class StageEntry:
         for p in self.parameters:
             default = ... if p.required else p.default
             fields[p.name] = (p.annotation, default)
-        return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+        return pydantic.create_model(
             f"{self.kind}_{self.name}_params",
             __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
             **fields,

@@ -103,7 +103,7 @@ class UpStep(nn.Module):
         if self.mode == "unpool" and pool is not None:
             indices, out_size = pool
             x = self.pre(x)  # (B, C_pool, h, w), the shape of the indices
-            x = F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=out_size)
+            x = F.max_unpool2d(x, indices, kernel_size=(2, 2), stride=(2, 2), output_size=out_size)
             x = _fit(self.conv(x), size)
         else:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -121,6 +121,7 @@ class FCNHead(Head):
     """
 
     task = "segmentation"
+    class_weights: Tensor | None  #: (num_classes,) cross-entropy weights (a non-persistent buffer), or None
 
     def __init__(
         self,
@@ -186,8 +187,8 @@ class FCNHead(Head):
                 {n: nn.Conv2d(in_ch[n], num_classes, kernel_size=1) for n in self.skip_names}
             )
             for layer in self.skip_layers.values():
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                for param in layer.parameters():  # weight and bias
+                    nn.init.zeros_(param)
             self.classifier = nn.Identity()
 
     # -- model ---------------------------------------------------------------

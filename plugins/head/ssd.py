@@ -191,7 +191,7 @@ def plan_maps(
             f"set num_maps >= {len(specs)}, or list at most {num_maps} of them in feature_maps"
         )
     while (num_maps is None and specs[-1].size != (1, 1)) or (num_maps is not None and len(specs) < num_maps):
-        if specs[-1].size == (1, 1):
+        if specs[-1].size == (1, 1) and num_maps is not None:
             raise ChainError(
                 f"head 'ssd': num_maps {num_maps} needs {num_maps - len(chosen)} extra layers after map "
                 f"'{chosen[-1].name}' of backbone '{backbone_name}', but with input_size {list(input_size)} "

@@ -35,7 +35,7 @@ _POLYGONS: dict[str, np.ndarray] = {
 }
 Shape = Literal["circle", "square", "triangle", "star", "ellipse"]
 SHAPES: tuple[str, ...] = get_args(Shape)
-DEFAULT_SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+DEFAULT_SHAPES: tuple[Shape, ...] = ("circle", "square", "triangle")
 ELLIPSE_RATIO = 0.5  #: minor / major axis of an ``ellipse``
 MIN_CONTRAST = 64.0  #: least mean |shape colour - background| over RGB, grey levels
 MAX_BOX_IOU = 0.3  #: a new object's box may overlap an earlier one's at most this much
