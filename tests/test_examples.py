@@ -71,39 +71,65 @@ def test_a_fresh_process_lists_the_plugin_its_package_and_stages(installed_examp
     command = [str(script)] if script.exists() else [sys.executable, "-m", "vision_pipe.cli"]
     out = subprocess.run([*command, "plugins"], capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("stripes "))
-    assert line.split() == ["stripes", DISTRIBUTION, "0.1.0", "loading:stripes,", "backbone:tiny_convnet"]
+    assert line.split() == [
+        "stripes",
+        DISTRIBUTION,
+        "0.1.0",
+        "loading:stripes,",
+        "normalization:per_image,",
+        "backbone:tiny_convnet,",
+        "head:multiscale",
+    ]
 
 
 def test_the_stages_are_discovered_through_the_entry_point(installed_example, capsys):
     manager = PluginManager()
     info = manager.plugins["stripes"]
     assert (info.distribution, info.version, info.module) == (DISTRIBUTION, "0.1.0", f"{MODULE}.stages")
-    assert info.stages == [("loading", "stripes"), ("backbone", "tiny_convnet")]
-    assert main(["stages", "--kind", "backbone"]) == 0
-    out = capsys.readouterr().out
-    assert f"  tiny_convnet  [stripes ({DISTRIBUTION})]" in out and "      width: int = 16" in out
+    assert info.stages == [
+        ("loading", "stripes"),
+        ("normalization", "per_image"),
+        ("backbone", "tiny_convnet"),
+        ("head", "multiscale"),
+    ]
+    listed = {
+        "loading": ["  stripes  [stripes (vision-pipe-stripes)]", "      size: int ≥ 8 = 32"],
+        "normalization": ["  per_image  [stripes (vision-pipe-stripes)]", "      min_std: float > 0 = 1.0"],
+        "backbone": ["  tiny_convnet  [stripes (vision-pipe-stripes)]", "      width: int ≥ 1 = 16"],
+        "head": ["  multiscale  [stripes (vision-pipe-stripes)]", "      pooling: 'avg' | 'max' = 'avg'"],
+    }
+    for kind, lines in listed.items():
+        assert main(["stages", "--kind", kind]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert all(line in out for line in lines), (kind, lines)
 
 
 def test_the_example_pipeline_runs_through_the_cli(installed_example, tmp_path, capsys):
     pipeline = installed_example / "pipeline.yaml"
     assert main(["check", str(pipeline)]) == 0
-    assert "backbone      tiny_convnet: c1(c=8, stride=2), c2(c=16, stride=4)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "normalization per_image" in out and "head          multiscale  (" in out
+    assert "backbone      tiny_convnet: c1(c=8, stride=2), c2(c=16, stride=4)" in out
     assert main(["fit", str(pipeline), *_overrides(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "test/acc" in out and "run directory:" in out
     (run_dir,) = (tmp_path / "runs" / "stripes").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test/acc"] <= 1.0
+    # The head implements forward, loss and decode only: its metrics and plots are the task's.
+    assert "test/acc_top5" in metrics and (run_dir / "plots" / "test" / "confusion_matrix.png").is_file()
 
 
 def test_the_example_pipeline_runs_through_the_python_api(installed_example, tmp_path):
     pipe = Pipeline.from_yaml(installed_example / "pipeline.yaml", _overrides(tmp_path))
-    assert type(pipe.stages["backbone"]).__module__ == f"{MODULE}.stages"
+    for kind in ("normalization", "backbone", "head"):
+        assert type(pipe.stages[kind]).__module__ == f"{MODULE}.stages", kind
     assert pipe.class_names == ["horizontal", "vertical"]
     metrics = pipe.fit()
     assert metrics["fit/epochs"] == 1.0 and "val/acc" in metrics
-    predictions = pipe.predict([pipe.splits["test"][0]["image"]])
+    predictions = pipe.predict([pipe.splits["test"][0]["image"]], out=tmp_path / "predicted")
     assert predictions[0].class_name in pipe.class_names
+    assert (tmp_path / "predicted" / "array_0_pred.png").is_file()  # drawn by the classification task
 
 
 def test_disabling_the_plugin_makes_its_stages_unknown(installed_example, monkeypatch, capsys):
@@ -121,7 +147,7 @@ def test_the_example_package_own_tests_pass(installed_example):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     tests = [getattr(module, name) for name in dir(module) if name.startswith("test_")]
-    assert len(tests) == 3
+    assert len(tests) == 6
     for test in tests:
         test()
 
@@ -178,3 +204,12 @@ def test_the_guides_python_snippets_run(installed_example, monkeypatch, capsys):
     assert len(snippets) == 1
     exec(compile(snippets[0], str(GUIDE), "exec"), {})  # noqa: S102 -- the guide's own snippet, on purpose
     assert 0.0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 1.0
+
+
+def test_the_guides_quoted_parameter_error_is_what_the_cli_says(installed_example, monkeypatch, capsys):
+    monkeypatch.chdir(installed_example)
+    (quoted,) = [b.strip() for b in _blocks("text") if "must be ≥ 1" in b]
+    override = re.search(r"override '(\S+)'", quoted)
+    assert override is not None
+    assert main(["check", "pipeline.yaml", override.group(1)]) == 2
+    assert quoted in capsys.readouterr().err.splitlines()
