@@ -158,6 +158,8 @@ class PluginManager(pluggy.PluginManager):
             raise PluginError(f"Error loading plugin '{module_path}': {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise PluginError(f"Error loading plugin '{module_path}': {type(exc).__name__}: {exc}") from exc
+        if self.is_registered(module):
+            return  # already loaded, e.g. through its entry point under another name
         self.register(module, name=module_path)
 
     # -- registration ----------------------------------------------------------

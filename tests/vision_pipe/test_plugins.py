@@ -219,6 +219,13 @@ def test_plugin_named_in_yaml_provides_a_stage(tiny_config, write_yaml, tmp_path
     assert pipe.stages["backbone"].feature_info[0].channels == 5
 
 
+def test_a_yaml_naming_a_module_already_loaded_by_its_entry_point_reuses_it(tiny_config, write_yaml):
+    tiny_config["plugins"] = ["vision_pipe_plugins.backbone.vgg"]  # also the entry point 'vgg'
+    pipe = Pipeline.from_yaml(write_yaml("p.yaml", tiny_config))
+    assert pipe.manager.registry.get("backbone", "vgg").plugin == "vgg"
+    assert not pipe.manager.has_plugin("vision_pipe_plugins.backbone.vgg")
+
+
 def test_missing_and_broken_yaml_plugins(tiny_config, write_yaml, tmp_path, monkeypatch):
     tiny_config["plugins"] = ["no_such_plugin_module"]
     with pytest.raises(PluginError, match="plugin module 'no_such_plugin_module' not found"):
