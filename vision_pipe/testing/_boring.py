@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from importlib import metadata
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from vision_pipe.errors import StageError
 from vision_pipe.hookspecs import hookimpl
 from vision_pipe.plugins import ENTRY_POINT_GROUP, PluginManager
 from vision_pipe.stages import (
@@ -73,10 +73,10 @@ class BoringBackbone(Backbone):
 
 
 @stage("backbone", "boring")
-def boring_backbone(width: int = 4, stages: int = 4) -> BoringBackbone:
+def boring_backbone(
+    width: Annotated[int, Field(ge=1)] = 4, stages: Annotated[int, Field(ge=1)] = 4
+) -> BoringBackbone:
     """The smallest backbone that keeps the contract (vision_pipe.testing's reference)."""
-    if width < 1 or stages < 1:
-        raise StageError(f"backbone 'boring': width and stages must be ≥ 1, got {width} and {stages}")
     return BoringBackbone(width, stages)
 
 
