@@ -73,9 +73,7 @@ class BoringBackbone(Backbone):
 
 
 @stage("backbone", "boring")
-def boring_backbone(
-    width: Annotated[int, Field(ge=1)] = 4, stages: Annotated[int, Field(ge=1)] = 4
-) -> BoringBackbone:
+def boring_backbone(width: Annotated[int, Field(ge=1)] = 4, stages: Annotated[int, Field(ge=1)] = 4) -> BoringBackbone:
     """The smallest backbone that keeps the contract (vision_pipe.testing's reference)."""
     return BoringBackbone(width, stages)
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from vision_pipe.errors import DataError, VisionPipeError
-from vision_pipe.samples import IGNORE_INDEX, check_boxes, check_id
+from vision_pipe.samples import IGNORE_INDEX, box_iou, check_boxes, check_id
 from vision_pipe.stages import LoadedData, Loader, Normalizer, SampleSource, StageContext
 from vision_pipe.tasks import TASKS, get_task
 from vision_pipe.testing._build import _build, _context, _fail
@@ -142,7 +142,7 @@ def check_normalization(
     """
     context = _context(input_size=input_size)
     norm, label = _build(stage_like, "normalization", Normalizer, "a vision_pipe.Normalizer", context, params)
-    images = _kit_images(num_images, tuple(input_size))
+    images = _kit_images(num_images, input_size)
     if norm.needs_fit:
         try:
             norm.fit(image for image in images)
@@ -333,18 +333,10 @@ def _box_problem(boxes: np.ndarray, region: np.ndarray) -> str:
     if len(boxes) == 0:
         return f"the object is visible in the mask at {object_box.tolist()} but its box was dropped"
     union = np.array([*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)])
-    iou = _iou(union, object_box)
+    iou = box_iou(union.tolist(), object_box.tolist())
     if iou < MIN_BOX_IOU:
         return (
             f"the box {np.round(union, 1).tolist()} does not match the mask's object at {object_box.tolist()} "
             f"(IoU {iou:.2f} < {MIN_BOX_IOU}) — implement apply_to_bboxes like apply"
         )
     return ""
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
