@@ -232,9 +232,10 @@ def test_every_package_is_listed_for_setuptools() -> None:
     """A package missing from ``[tool.setuptools] packages`` works in an editable
     install but is absent from the wheel."""
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
-    inits = [p for p in PLUGINS_DIR.rglob("__init__.py") if "__pycache__" not in p.parts]
-    packages = ["vision_pipe"] + [module_name(p) for p in inits]
-    missing = sorted(set(packages) - listed)
+    framework = [core_module_name(p) for p in FRAMEWORK_DIR.rglob("__init__.py") if "__pycache__" not in p.parts]
+    plugins = [module_name(p) for p in PLUGINS_DIR.rglob("__init__.py") if "__pycache__" not in p.parts]
+    assert {"vision_pipe", "vision_pipe.tasks", "vision_pipe.testing"} <= set(framework), framework
+    missing = sorted(set(framework + plugins) - listed)
     assert missing == [], f"packages not listed in [tool.setuptools] packages of pyproject.toml: {missing}"
 
 

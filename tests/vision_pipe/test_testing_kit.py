@@ -29,6 +29,7 @@ from vision_pipe import (
     stage,
 )
 from vision_pipe.plugins import PluginManager
+from vision_pipe.registry import make_entry
 from vision_pipe.tasks import get_task
 from vision_pipe.testing import (
     BoringBackbone,
@@ -72,6 +73,17 @@ def test_a_stage_of_another_kind_or_one_that_cannot_be_built_is_named():
         check_backbone(boring_backbone, width=0)
     with pytest.raises(ContractError, match=r"parameters \['width'\] given for a stage that is already built"):
         check_backbone(BoringBackbone(), width=3)
+
+
+def test_the_boring_backbone_constraints_are_checked_by_the_registry():
+    entry = make_entry(boring_backbone, plugin="boring")
+    assert [(p.name, p.type_str()) for p in entry.parameters] == [("width", "int ≥ 1"), ("stages", "int ≥ 1")]
+    with pytest.raises(StageError, match=r"^backbone stage 'boring': width must be ≥ 1, got 0"):
+        entry.build({"width": 0})
+    with pytest.raises(StageError, match=r"^backbone stage 'boring': stages must be ≥ 1, got -1"):
+        entry.build({"stages": -1})
+    with pytest.raises(ContractError, match=r"width must be ≥ 1, got 0"):
+        check_backbone(boring_backbone, width=0)
 
 
 def test_make_batch_has_the_documented_shapes():
