@@ -35,10 +35,10 @@ from vision_pipe_plugins.head.ssd import (
     SSDHead,
     SSDOutputs,
     _flatten,
-    extra_output_size,
     ssd,
 )
 from vision_pipe_plugins.head.ssd_boxes import default_boxes, encode
+from vision_pipe_plugins.head.ssd_maps import extra_output_size
 
 NAMES = ("a", "b", "c")
 SSD300_RATIOS = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]

@@ -16,6 +16,7 @@ from vision_pipe import DataError, LoadedData, Loader, StageError
 from vision_pipe import voc_palette as default_colors
 from vision_pipe.registry import make_entry
 from vision_pipe_plugins.loading import mask_folder as plugin
+from vision_pipe_plugins.loading.mask_files import MaskReader
 from vision_pipe_plugins.loading.mask_folder import mask_folder
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -119,7 +120,7 @@ def test_sixteen_bit_and_grey_rgb_masks_are_read_as_ids(tmp_path: Path) -> None:
     write_mask(tmp_path / "m16.png", ids, "I;16")
     grey = np.array([[0, 1, 2], [2, 255, 0]])
     write_mask(tmp_path / "grey.png", np.repeat(grey[..., None], 3, axis=2), "RGB")
-    reader = plugin.MaskReader()
+    reader = MaskReader()
     np.testing.assert_array_equal(reader.read(tmp_path / "m16.png"), ids)
     np.testing.assert_array_equal(reader.read(tmp_path / "grey.png"), grey)
 
