@@ -27,12 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from vision_pipe.config import BoxRules
 from vision_pipe.errors import DataError
+from vision_pipe.io import SPLITS
 from vision_pipe.samples import check_image
 from vision_pipe.stages import Batch, LoadedData, Sample, SampleSource
 from vision_pipe.tasks import Task, as_task, task_of_item
-
-SPLITS = ("train", "val", "test")
-
 
 # ----------------------------------------------------------------------------
 # Splits

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from vision_pipe.cache import cache_dir
 from vision_pipe.data import SubsetSource, _worker_init
 from vision_pipe.errors import DataError
+from vision_pipe.io import atomic_write_text
 from vision_pipe.stages import SampleSource
 from vision_pipe.tasks import Task, get_task
 
@@ -145,10 +145,7 @@ def run_preflight(
         report.checked[split] = index
     report.seconds = time.perf_counter() - start
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(report.to_dict()), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(report.to_dict()))
     return report
 
 

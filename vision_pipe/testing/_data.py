@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vision_pipe.errors import DataError, VisionPipeError
+from vision_pipe.io import SPLITS
 from vision_pipe.samples import IGNORE_INDEX, box_iou, check_boxes, check_id
 from vision_pipe.stages import LoadedData, Loader, Normalizer, SampleSource, StageContext
 from vision_pipe.tasks import TASKS, get_task
@@ -87,7 +88,7 @@ def _check_colors(colors: Any, num_classes: int, label: str) -> None:
 
 def _check_split_names(splits: Any, label: str) -> None:
     keys = set(splits) if isinstance(splits, Mapping) else None
-    if not keys or not (keys == {"all"} or ("train" in keys and keys <= {"train", "val", "test"})):
+    if not keys or not (keys == {"all"} or ("train" in keys and keys <= set(SPLITS))):
         raise _fail(
             label, f"splits must be {{'all': source}} or 'train' (+ optional 'val', 'test'); got {sorted(keys or [])}"
         )

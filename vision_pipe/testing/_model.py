@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vision_pipe.errors import ContractError
+from vision_pipe.io import SPLITS
 from vision_pipe.stages import Backbone, Batch, FeatureInfo, Features, Head, StageContext
 from vision_pipe.tasks import TASKS, get_task
 from vision_pipe.testing._boring import BoringBackbone
@@ -276,7 +277,7 @@ def _check_metrics(head: Head, outputs: Any, batch: Batch, class_names: Sequence
     if not isinstance(summary, Mapping) or not summary:
         raise _fail(label, f"summarize() must return a non-empty {{name: float}} dict; got {summary!r}")
     for key, value in summary.items():
-        if not isinstance(key, str) or key.split("/")[0] in ("train", "val", "test"):
+        if not isinstance(key, str) or key.split("/")[0] in SPLITS:
             raise _fail(label, f"summarize() key {key!r} must be a str without split prefix (the pipeline adds it)")
         if isinstance(value, bool) or not isinstance(value, (float, int)):
             raise _fail(label, f"summarize()['{key}'] is {type(value).__name__}; values must be Python floats")
