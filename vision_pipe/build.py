@@ -133,20 +133,23 @@ def build_pipeline(
     registry: Any,
     *,
     from_checkpoint: CheckpointClasses | None = None,
+    trust: bool = False,
 ) -> BuiltPipeline:
     """Build every stage of ``config``, check the chain and the backbone's contract, assemble the model and data.
 
     ``from_checkpoint``: build for inference from a checkpoint — its class names
     (and colours) replace the loader, which is neither built nor run, and there
-    are no splits and no datamodule. Weight initialization is seeded with
+    are no splits and no datamodule, and ``model.backbone.weights`` is not read (the
+    checkpoint's own weights replace it). ``trust``: read the backbone weights in full,
+    not as weights only (see :func:`vision_pipe.finetune.load_torch_file`). Weight initialization is seeded with
     ``config.seed`` without disturbing the caller's random state.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return _build(_Builder(config, locs, registry), from_checkpoint)
+        return _build(_Builder(config, locs, registry), from_checkpoint, trust)
 
 
-def _build(b: _Builder, from_checkpoint: CheckpointClasses | None) -> BuiltPipeline:
+def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) -> BuiltPipeline:
     cfg = b.config
     task = cfg.task
     stages: dict[str, Any] = {}
@@ -189,7 +192,9 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None) -> BuiltPipel
     backbone = b.build(bb_loc, ctx, Backbone, "a vision_pipe.Backbone")
     if not getattr(backbone, "feature_info", None):
         raise StageError(f"{b.where(bb_loc)}: backbone '{cfg.model.backbone['name']}' declares no feature_info")
-    apply_weights_and_freeze(backbone, cfg.model.backbone, b.where(bb_loc))
+    apply_weights_and_freeze(
+        backbone, cfg.model.backbone, b.where(bb_loc), trust=trust, weights=from_checkpoint is None
+    )
     check_backbone_contract(backbone, b.label(bb_loc))
     stages["backbone"] = backbone
 

@@ -1,11 +1,14 @@
 """``vision-pipe`` command line: a thin layer over :class:`vision_pipe.Pipeline`.
 
-    vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test]
-    vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT]
-    vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR]
-    vision-pipe check PIPELINE.yaml [key=value ...]
+    vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--trust-checkpoint]
+    vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
+    vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--plugin MODULE] [--trust-checkpoint]
+    vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
+
+Checkpoints and weight files are read as weights only (never code);
+``--trust-checkpoint`` reads them in full, for files you trust.
 
 Flags may come before, between or after the positionals and ``key=value``
 overrides (``~key`` deletes a key, ``key={...}`` replaces a mapping).
@@ -39,6 +42,15 @@ def _add_common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
     )
 
 
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="read checkpoints and weight files in full, not as weights only: unpickling runs the code a file "
+        "names, so only for files you trust (also imports the plugin modules a checkpoint's config names)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vision-pipe",
@@ -57,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="CKPT", help="continue training from this checkpoint (e.g. .../checkpoints/last.ckpt)"
     )
     p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
+    _add_trust(p)
 
     for name, what in (("validate", "validation"), ("test", "test")):
         p = sub.add_parser(
@@ -67,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("pipeline", help="pipeline YAML")
         _add_common(p)
         p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint to evaluate")
+        _add_trust(p)
 
     p = sub.add_parser(
         "predict",
@@ -77,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this plugin module named in the checkpoint's config (repeatable; only modules you trust)",
+    )
+    _add_trust(p)
     _add_common(p, overrides=False)
 
     p = sub.add_parser(
@@ -89,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", action="store_true", help="also read and check every sample (the pre-flight pass run before training)"
     )
     _add_common(p)
+    _add_trust(p)
 
     p = sub.add_parser(
         "stages",
@@ -194,7 +217,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "predict":
         return _predict(args, Pipeline)
 
-    pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args))
+    trust = args.trust_checkpoint
+    pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args), trust=trust)
     if command == "check":
         cfg = pipe.config
         print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
@@ -216,7 +240,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     _preflight(pipe)
     if command == "fit":
-        metrics = pipe.fit(resume=args.resume)
+        metrics = pipe.fit(resume=args.resume, trust=trust)
         _print_metrics("fit finished", {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1})
         if not args.no_test:
             test = pipe.test()
@@ -226,10 +250,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"best checkpoint: {pipe.best_checkpoint}")
         return 0
     if command == "validate":
-        _print_metrics("validation metrics", pipe.validate(args.ckpt))
+        _print_metrics("validation metrics", pipe.validate(args.ckpt, trust=trust))
         return 0
     if command == "test":
-        metrics = pipe.test(args.ckpt)
+        metrics = pipe.test(args.ckpt, trust=trust)
         _print_metrics("test metrics", metrics)
         print(f"\nrun directory: {pipe.run_dir}")
         return 0
@@ -271,12 +295,12 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
     source = Path(args.source)
     manager = _manager(args)
     if source.suffix == ".ckpt":
-        pipe = Pipeline.load(source, manager=manager)
+        pipe = Pipeline.load(source, manager=manager, trust=args.trust_checkpoint, plugins=args.plugin)
     else:
         if not args.ckpt:
             raise VisionPipeError("predict with a pipeline YAML needs --ckpt CKPT (or give the checkpoint as SOURCE)")
-        pipe = Pipeline.from_yaml(source, manager=manager)
-        pipe.load_checkpoint(args.ckpt)
+        pipe = Pipeline.from_yaml(source, manager=manager, trust=args.trust_checkpoint)
+        pipe.load_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     paths = _expand_inputs(args.inputs)
     predictions = pipe.predict(paths, out=args.out)
     for pred in predictions:

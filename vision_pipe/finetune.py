@@ -1,16 +1,23 @@
 """Fine-tuning: reading weight files, loading them into a backbone, freezing parameters
 and the batch-norm statistics of frozen layers.
 
-Owns the one place where vision-pipe unpickles a torch file it did not write
-itself (:func:`load_torch_file`: backbone ``weights`` and checkpoints), the
-``model.backbone.weights`` / ``model.backbone.freeze`` semantics
+Owns the one place where vision-pipe reads a torch file (:func:`load_torch_file`:
+backbone ``weights`` and checkpoints) — as *weights only*: tensors and plain data,
+never a pickle that names code (``torch.load(..., weights_only=True)`` with the
+allow-list :data:`CHECKPOINT_GLOBALS`; ``.safetensors`` files through
+``safetensors``). A file that needs more is refused with a message naming what
+it asks for, unless the caller passes ``trust=True`` (``--trust-checkpoint``).
+Also owns the ``model.backbone.weights`` / ``model.backbone.freeze`` semantics
 (:func:`apply_weights_and_freeze`) and :class:`FrozenBatchNorm1d` /
 :class:`FrozenBatchNorm2d`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import pickle
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,23 +26,82 @@ from torch import nn
 
 from vision_pipe.errors import ConfigError, StageError, VisionPipeError
 
+#: The types a vision-pipe checkpoint holds beyond torch's own weights-only set
+#: (tensors, ``OrderedDict``, numbers, strings, lists, tuples, dicts, ``None``).
+#: Lightning's loop/callback/optimizer/scheduler state and our ``vision_pipe``
+#: section are all plain data today, so the list is empty;
+#: ``tests/vision_pipe/test_trust.py`` checks a real checkpoint of every optimizer
+#: and schedule against it and fails the day one needs more.
+CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
 
-def load_torch_file(path: str | Path) -> Any:
-    """``torch.load`` of a weights file or checkpoint onto the CPU.
+TRUST_HINT = (
+    "if you trust where it came from, pass --trust-checkpoint (Python: trust=True) to load it in full — "
+    "unpickling runs whatever code the file names"
+)
 
-    Full unpickling (``weights_only=False``): vision-pipe and Lightning
-    checkpoints hold more than tensors. Only load files you trust.
+
+@contextlib.contextmanager
+def allowed_globals() -> Iterator[None]:
+    """Within this block, weights-only loads (ours and Lightning's) also accept :data:`CHECKPOINT_GLOBALS`."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if not CHECKPOINT_GLOBALS or safe_globals is None:
+        yield
+        return
+    with safe_globals(list(CHECKPOINT_GLOBALS)):
+        yield
+
+
+def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
+    """What a refused file asks for, read from its pickle without running it (or from torch's message)."""
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        found = []
+    return found or re.findall(r"GLOBAL ([\w.]+)", str(exc))
+
+
+def load_torch_file(path: str | Path, *, trust: bool = False, what: str = "checkpoint") -> Any:
+    """Read a weights file or checkpoint onto the CPU, as weights only unless ``trust``.
+
+    ``.safetensors`` files are read with ``safetensors`` (tensors only, never code).
+    Anything else goes through ``torch.load(weights_only=True)`` with
+    :data:`CHECKPOINT_GLOBALS` allowed; a file whose pickle names other code is
+    refused with a :class:`VisionPipeError` naming the file, what it asks for and
+    ``--trust-checkpoint``. ``trust=True`` unpickles in full (only for files you trust).
+    Other read errors propagate (the callers name the file).
     """
-    return torch.load(path, map_location="cpu", weights_only=False)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with allowed_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise
+        asks = ", ".join(_unsafe_globals(path, exc)) or "objects other than tensors and plain data"
+        raise VisionPipeError(
+            f"{path}: refusing to load this {what}: it asks for {asks}, not tensors or plain data, "
+            f"so reading it could run code. vision-pipe reads checkpoints and weights as weights only; {TRUST_HINT}"
+        ) from None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A vision-pipe checkpoint (``state_dict`` + the ``vision_pipe`` section); :class:`VisionPipeError` otherwise."""
+def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+    """A vision-pipe checkpoint (``state_dict`` + the ``vision_pipe`` section); :class:`VisionPipeError` otherwise.
+
+    Read as weights only unless ``trust`` (see :func:`load_torch_file`).
+    """
     path = Path(path)
     if not path.is_file():
         raise VisionPipeError(f"checkpoint not found: {path}")
     try:
-        ckpt = load_torch_file(path)
+        ckpt = load_torch_file(path, trust=trust)
+    except VisionPipeError:
+        raise
     except Exception as exc:
         raise VisionPipeError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "vision_pipe" not in ckpt or "state_dict" not in ckpt:
@@ -43,15 +109,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_weights(backbone: nn.Module, weights: str | Path, where: str) -> None:
-    """Load a state dict, or the ``backbone.*`` part of a vision-pipe/Lightning checkpoint, into ``backbone``."""
+def load_weights(backbone: nn.Module, weights: str | Path, where: str, *, trust: bool = False) -> None:
+    """Load a state dict (``.safetensors`` or torch), or the ``backbone.*`` part of a vision-pipe/Lightning
+    checkpoint, into ``backbone``; read as weights only unless ``trust`` (see :func:`load_torch_file`)."""
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(
             f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights"
         )
     try:
-        state = load_torch_file(path)
+        state = load_torch_file(path, trust=trust, what="weights file")
+    except VisionPipeError as exc:
+        raise StageError(f"{where}: model.backbone.weights: {exc}") from None
     except Exception as exc:
         raise StageError(f"{where}: cannot read backbone weights {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state:
@@ -89,10 +158,13 @@ def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> No
     freeze_batch_norm_statistics(backbone)
 
 
-def apply_weights_and_freeze(backbone: nn.Module, spec: dict[str, Any], where: str) -> None:
-    """Apply a backbone entry's ``weights`` (a file) and ``freeze`` (prefixes) to the built backbone."""
-    if spec.get("weights"):
-        load_weights(backbone, spec["weights"], where)
+def apply_weights_and_freeze(
+    backbone: nn.Module, spec: dict[str, Any], where: str, *, trust: bool = False, weights: bool = True
+) -> None:
+    """Apply a backbone entry's ``weights`` (a file; skipped when not ``weights``) and ``freeze``
+    (prefixes) to the built backbone; ``trust`` as in :func:`load_torch_file`."""
+    if weights and spec.get("weights"):
+        load_weights(backbone, spec["weights"], where, trust=trust)
     freeze(backbone, spec.get("freeze") or [], where)
 
 
@@ -138,8 +210,11 @@ def freeze_batch_norm_statistics(backbone: nn.Module) -> None:
 
 
 __all__ = [
+    "CHECKPOINT_GLOBALS",
+    "TRUST_HINT",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
+    "allowed_globals",
     "apply_weights_and_freeze",
     "freeze",
     "freeze_batch_norm_statistics",

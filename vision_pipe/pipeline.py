@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_
 from vision_pipe.data import PipelineDataModule
 from vision_pipe.distributed import wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
-from vision_pipe.finetune import read_checkpoint
+from vision_pipe.finetune import allowed_globals, read_checkpoint
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
 from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
@@ -87,6 +88,10 @@ class Pipeline:
         best_checkpoint: the best checkpoint of the last fit.
         preflight_report: the outcome of the pre-flight data check, once run.
         manager: the :class:`~vision_pipe.plugins.PluginManager`.
+
+    ``trust`` (``--trust-checkpoint``) reads ``model.backbone.weights`` in full rather
+    than as weights only; ``plugin_modules`` replaces the config's ``plugins:`` as the
+    modules to import (a checkpoint's recorded ``plugins:`` are not imported by themselves).
     """
 
     def __init__(
@@ -96,14 +101,17 @@ class Pipeline:
         *,
         manager: PluginManager | None = None,
         from_checkpoint: CheckpointClasses | None = None,
+        trust: bool = False,
+        plugin_modules: Iterable[str] | None = None,
     ) -> None:
         self.manager = manager or PluginManager()
-        for module in data.get("plugins") or []:
+        modules = (data.get("plugins") or []) if plugin_modules is None else plugin_modules
+        for module in modules:
             if isinstance(module, str):
                 self.manager.load_module(module)
         self.manager.hook.vision_pipe_config_resolved(config=data)
         self.config: PipelineConfig = validate(data, locs)
-        built = build_pipeline(self.config, locs, self.manager.registry, from_checkpoint=from_checkpoint)
+        built = build_pipeline(self.config, locs, self.manager.registry, from_checkpoint=from_checkpoint, trust=trust)
         self.resolved: dict[str, Any] = built.resolved
         self.stages: dict[str, Any] = built.stages
         self.class_names: list[str] = built.class_names
@@ -127,28 +135,66 @@ class Pipeline:
         *,
         manager: PluginManager | None = None,
         disable_plugins: Iterable[str] = (),
+        trust: bool = False,
     ) -> Pipeline:
-        """Read a pipeline YAML (with its ``base:`` files), apply ``key=value`` overrides, validate and build."""
+        """Read a pipeline YAML (with its ``base:`` files), apply ``key=value`` overrides, validate and build.
+
+        ``trust=True`` reads ``model.backbone.weights`` in full, not as weights only (files you trust only).
+        """
         data, locs = load_yaml_with_bases(path)
         data = apply_overrides(data, overrides, locs)
-        return cls(data, locs, manager=manager or PluginManager(disabled=disable_plugins))
+        return cls(data, locs, manager=manager or PluginManager(disabled=disable_plugins), trust=trust)
 
     @classmethod
     def from_dict(
-        cls, config: dict[str, Any], overrides: Iterable[str] = (), *, manager: PluginManager | None = None
+        cls,
+        config: dict[str, Any],
+        overrides: Iterable[str] = (),
+        *,
+        manager: PluginManager | None = None,
+        trust: bool = False,
     ) -> Pipeline:
-        """Build from a config dict shaped like the YAML (validated the same way)."""
+        """Build from a config dict shaped like the YAML (validated the same way; ``trust`` as in :meth:`from_yaml`)."""
         locs = Locations()
         data = apply_overrides(copy.deepcopy(config), overrides, locs)
-        return cls(data, locs, manager=manager)
+        return cls(data, locs, manager=manager, trust=trust)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, *, manager: PluginManager | None = None) -> Pipeline:
-        """A pipeline for inference from a checkpoint alone (no training data needed)."""
-        ckpt = read_checkpoint(checkpoint)
+    def load(
+        cls,
+        checkpoint: str | Path,
+        *,
+        manager: PluginManager | None = None,
+        trust: bool = False,
+        plugins: Iterable[str] = (),
+    ) -> Pipeline:
+        """A pipeline for inference from a checkpoint alone (no training data needed).
+
+        The checkpoint is read as weights only; ``trust=True`` reads it in full (files
+        you trust only). The plugin modules its config names (``plugins:``) are not
+        imported: name the ones you trust in ``plugins`` (or pass ``trust=True``).
+        """
+        ckpt = read_checkpoint(checkpoint, trust=trust)
         info = ckpt["vision_pipe"]
         classes = CheckpointClasses(info["class_names"], info.get("class_colors"))
-        pipe = cls(copy.deepcopy(info["config"]), Locations(), manager=manager, from_checkpoint=classes)
+        config = copy.deepcopy(info["config"])
+        named = list(plugins)
+        recorded = [m for m in config.get("plugins") or [] if isinstance(m, str)]
+        modules = named + [m for m in recorded if m not in named] if trust else named
+        skipped = [m for m in recorded if m not in modules]
+        try:
+            pipe = cls(config, Locations(), manager=manager, from_checkpoint=classes, plugin_modules=modules)
+        except VisionPipeError as exc:
+            if not skipped:
+                raise
+            raise VisionPipeError(
+                f"{checkpoint}: {exc}\n  the checkpoint was made with plugin module(s) {', '.join(skipped)} "
+                "(its config's plugins:), which loading a checkpoint does not import by itself; if you trust "
+                "them, name them (vision-pipe predict --plugin MODULE, Pipeline.load(..., plugins=[...])) "
+                "or pass --trust-checkpoint (trust=True)"
+            ) from exc
+        if skipped:
+            log.info("%s: plugin module(s) %s named in its config not imported", checkpoint, ", ".join(skipped))
         pipe._load_weights(ckpt, checkpoint)
         return pipe
 
@@ -215,8 +261,9 @@ class Pipeline:
     # ------------------------------------------------------------------
 
     @_action("fit")
-    def fit(self, resume: str | Path | None = None) -> dict[str, float]:
-        """Train; ``resume`` continues from a checkpoint (e.g. ``.../checkpoints/last.ckpt``).
+    def fit(self, resume: str | Path | None = None, *, trust: bool = False) -> dict[str, float]:
+        """Train; ``resume`` continues from a checkpoint (e.g. ``.../checkpoints/last.ckpt``),
+        read as weights only unless ``trust`` (files you trust only).
 
         Writes ``runs/<name>/<timestamp>/`` (config, checkpoints, logs, plots,
         metrics.json) and returns the last logged metrics (``train/loss``, ``val/acc`` ...).
@@ -224,6 +271,8 @@ class Pipeline:
         dm = self._require_data("fit")
         if resume is not None and not Path(resume).is_file():
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
+        if resume is not None:
+            read_checkpoint(resume, trust=trust)  # our message, before Lightning unpickles it
         run_dir = self._prepare(resume, record=True)
         dm.preflight()
         self.fit_normalizer()
@@ -233,14 +282,14 @@ class Pipeline:
         trainer, checkpoint_cb = make_trainer(self.config, run_dir, action="fit", callbacks=[artifacts])
         self.trainer = trainer
         self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
-        with running(trainer, dm.num_workers):
-            trainer.fit(self.module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+        with running(trainer, dm.num_workers), allowed_globals():
+            trainer.fit(self.module, datamodule=dm, **_ckpt_args(trainer.fit, resume, trust))
         self.best_checkpoint = checkpoint_cb.best_model_path or None
         metrics = artifacts.metrics
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
         return metrics
 
-    def _evaluate(self, action: str, ckpt: str | Path | None) -> tuple[pl.Trainer, RunArtifacts]:
+    def _evaluate(self, action: str, ckpt: str | Path | None, trust: bool) -> tuple[pl.Trainer, RunArtifacts]:
         dm = self._require_data(action)
         pl.seed_everything(self.config.seed, workers=True, verbose=False)
         ckpt = ckpt if ckpt is not None else self.best_checkpoint
@@ -248,6 +297,8 @@ class Pipeline:
             raise VisionPipeError(f"nothing to {action}: call fit() first or pass a checkpoint (--ckpt)")
         if ckpt is not None and not Path(ckpt).is_file():
             raise VisionPipeError(f"checkpoint not found: {ckpt}")
+        if ckpt is not None:
+            read_checkpoint(ckpt, trust=trust)  # our message, before Lightning unpickles it
         run_dir = self._prepare(ckpt, record=False)
         artifacts = RunArtifacts(run_dir)
         trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
@@ -255,24 +306,25 @@ class Pipeline:
         if action == "test":
             self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
         run = trainer.test if action == "test" else trainer.validate
-        with running(trainer, dm.num_workers):
-            run(self.module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, verbose=False)
+        with running(trainer, dm.num_workers), allowed_globals():
+            run(self.module, datamodule=dm, verbose=False, **_ckpt_args(run, ckpt, trust))
         return trainer, artifacts
 
     @_action("validate")
-    def validate(self, ckpt: str | Path | None = None) -> dict[str, float]:
-        """Evaluate on the validation split; returns ``val/...`` metrics."""
-        trainer, _ = self._evaluate("validate", ckpt)
+    def validate(self, ckpt: str | Path | None = None, *, trust: bool = False) -> dict[str, float]:
+        """Evaluate on the validation split; returns ``val/...`` metrics (``trust`` as in :meth:`test`)."""
+        trainer, _ = self._evaluate("validate", ckpt, trust)
         return {k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("val/")}
 
     @_action("test")
-    def test(self, ckpt: str | Path | None = None) -> dict[str, float]:
-        """Evaluate on the test split (best checkpoint of the last fit by default).
+    def test(self, ckpt: str | Path | None = None, *, trust: bool = False) -> dict[str, float]:
+        """Evaluate on the test split (best checkpoint of the last fit by default); ``ckpt`` is read
+        as weights only unless ``trust`` (files you trust only).
 
         Returns flat metrics (``test/acc``, ``test/acc_top5``, ...), also merged
         into the run's ``metrics.json``; plots go to ``plots/test/``.
         """
-        _, artifacts = self._evaluate("test", ckpt)
+        _, artifacts = self._evaluate("test", ckpt, trust)
         metrics = artifacts.metrics
         self.manager.hook.vision_pipe_after_test(pipeline=self, run_dir=self.run_dir, metrics=metrics)
         return metrics
@@ -285,6 +337,7 @@ class Pipeline:
         ckpt: str | Path | None = None,
         batch_size: int | None = None,
         out: str | Path | None = None,
+        trust: bool = False,
     ) -> list[Prediction]:
         """Predict on image files and/or (H, W, 3) uint8 RGB arrays; results are in original-image coordinates.
 
@@ -294,7 +347,7 @@ class Pipeline:
         segmentation), ``predictions.json`` and ``detections_coco.json`` (detection).
         """
         if ckpt is not None:
-            self.load_checkpoint(ckpt)
+            self.load_checkpoint(ckpt, trust=trust)
         items = list(inputs)
         self.manager.hook.vision_pipe_before_predict(pipeline=self, inputs=items)
         size, batch = self.config.data.input_size, batch_size or self.config.data.batch_size
@@ -306,9 +359,10 @@ class Pipeline:
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint."""
-        self._load_weights(read_checkpoint(path), path)
+    def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
+        """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,
+        read as weights only unless ``trust`` (files you trust only)."""
+        self._load_weights(read_checkpoint(path, trust=trust), path)
 
     def _load_weights(self, ckpt: dict[str, Any], path: str | Path) -> None:
         try:
@@ -316,6 +370,17 @@ class Pipeline:
         except RuntimeError as exc:
             raise VisionPipeError(f"{path}: the checkpoint does not fit this pipeline's model: {exc}") from exc
         self._normalizer_fitted = True
+
+
+def _ckpt_args(run: Callable[..., Any], ckpt: str | Path | None, trust: bool) -> dict[str, Any]:
+    """``ckpt_path`` for a Lightning ``fit``/``validate``/``test``, read as weights only unless ``trust``
+    (where this Lightning accepts ``weights_only``; :func:`read_checkpoint` checked the file first anyway)."""
+    if ckpt is None:
+        return {"ckpt_path": None}
+    args: dict[str, Any] = {"ckpt_path": str(ckpt)}
+    if "weights_only" in inspect.signature(run).parameters:
+        args["weights_only"] = not trust
+    return args
 
 
 __all__ = ["Pipeline"]
