@@ -37,6 +37,7 @@ from vision_pipe.io import (
     read_image,
     require_dir,
     require_file,
+    resolve_inside,
     write_png,
 )
 from vision_pipe.results import (
@@ -134,6 +135,7 @@ __all__ = [
     "read_image",
     "require_dir",
     "require_file",
+    "resolve_inside",
     "stage",
     "voc_palette",
     "write_png",

@@ -7,6 +7,7 @@ built-in ones do:
 - :func:`read_image` — any file → (H, W, 3) uint8 RGB (EXIF-aware, 8/16 bit, grey, BGRA);
 - :func:`list_images` — the visible image files of a folder, sorted;
 - :func:`require_dir` / :func:`require_file` — a :class:`DataError` naming the path and the fix;
+- :func:`resolve_inside` — a path an annotation file gives, kept inside its dataset folder;
 - :func:`file_stamp` — what a fingerprint records of a file (size, mtime);
 - :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save` — a
   reader (or a later run) never sees a half-written file;
@@ -116,6 +117,25 @@ def require_file(path: Path, what: str, fix: str) -> None:
         raise DataError(f"{what} {path} is not a file: {fix}")
 
 
+def resolve_inside(root: Path, entry: str | Path, where: str) -> Path:
+    """``root / entry`` for a path read from an annotation or list file, which must stay inside ``root``.
+
+    ``where`` names the file and the entry for the message (``"a.json: images[3].file_name"``).
+    An absolute ``entry``, or one whose ``..`` climb above ``root``, raises a
+    :class:`DataError`: a dataset's files name files of that dataset, nothing else on
+    the machine. The check is on the path as written, so links inside ``root`` (an
+    images folder linked to another disk) are fine.
+    """
+    text = os.fspath(entry)
+    norm = os.path.normpath(text)
+    if os.path.isabs(text) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise DataError(
+            f"{where}: {text!r} points outside {root}: paths in annotation files must stay inside the dataset "
+            f"folder; write it relative to {root}, without leading '/' or '..' that leave it"
+        )
+    return Path(root) / text
+
+
 def file_stamp(path: Path | None) -> str:
     """``"<size> <mtime_ns>"`` of a file, or ``"missing"``: what a fingerprint records of it.
 
@@ -186,6 +206,7 @@ __all__ = [
     "read_image",
     "require_dir",
     "require_file",
+    "resolve_inside",
     "to_rgb",
     "write_png",
 ]

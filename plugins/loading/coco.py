@@ -34,6 +34,7 @@ from .detection_common import (
     Object,
     Parsed,
     check_task,
+    inside,
 )
 
 #: What ``crowd`` may say to do with ``iscrowd: 1`` annotations.
@@ -182,7 +183,13 @@ class CocoSource(DetectionSource):
     fix = "Correct or remove these annotations in the JSON (a bbox is [x, y, width, height] in pixels)."
 
     def __init__(self, coco: CocoFile, images_dir: Path, categories: dict[int, str], crowd: str, key: dict) -> None:
-        super().__init__([images_dir / name for name in coco.file_names], key, [coco.path])
+        outside: dict[int, str] = {}
+        paths = [
+            inside(images_dir, name, f"{coco.path}: image id {coco.image_ids[i]!r}: file_name", outside, i)
+            for i, name in enumerate(coco.file_names)
+        ]
+        super().__init__(paths, key, [coco.path])
+        self.outside = outside
         self.coco = coco
         self.images_dir = images_dir
         self.categories = categories  #: the classes: category id → name (of the training file)

@@ -32,6 +32,7 @@ from vision_pipe import (
     file_stamp,
     fmt_box,
     read_image,
+    resolve_inside,
 )
 
 TASKS: tuple[str, ...] = ("detection",)
@@ -59,6 +60,16 @@ def check_task(stage_name: str, task: str) -> None:
         raise StageError(f"loading '{stage_name}': unknown task {task!r}; it serves {', '.join(TASKS)}")
 
 
+def inside(root: Path, entry: str, where: str, outside: dict[int, str], index: int) -> Path:
+    """``root / entry`` (see :func:`vision_pipe.resolve_inside`); when it leaves ``root``, the
+    message goes to ``outside[index]`` (that sample's error) and the path is returned as written."""
+    try:
+        return resolve_inside(root, entry, where)
+    except DataError as exc:
+        outside[index] = str(exc)
+        return root / entry
+
+
 def _box_message(obj: Object, width: int, height: int) -> str | None:
     problem = box_problem(obj.box, width, height)
     return f"{obj.where}: box (x1, y1, x2, y2) = {fmt_box(obj.box)} {problem}" if problem else None
@@ -80,6 +91,8 @@ class DetectionSource(SampleSource, ABC):
         self.images = images  #: image path of each sample
         self.key = key  #: the stage name and parameters that shape the samples
         self.annotation_files = list(annotation_files)  #: files whose change changes the samples
+        #: sample index → why its path, as an annotation file gives it, points outside the dataset
+        self.outside: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,6 +111,8 @@ class DetectionSource(SampleSource, ABC):
         return "put the image there or correct its path"
 
     def __getitem__(self, index: int) -> Sample:
+        if index in self.outside:
+            raise DataError(self.outside[index])
         path = self.images[index]
         try:
             image = read_image(path)
@@ -121,6 +136,7 @@ class DetectionSource(SampleSource, ABC):
     def fingerprint(self) -> str:
         head = {**self.key, "annotations": {str(p): file_stamp(p) for p in self.annotation_files}}
         digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
-        for path in self.images:
-            digest.update(f"\n{path}\t{file_stamp(path)}".encode())
+        for index, path in enumerate(self.images):
+            stamp = "outside" if index in self.outside else file_stamp(path)
+            digest.update(f"\n{path}\t{stamp}".encode())
         return digest.hexdigest()

@@ -57,6 +57,7 @@ from vision_pipe import (
     read_class_file,
     read_image,
     require_dir,
+    resolve_inside,
     stage,
     voc_palette,
 )
@@ -76,13 +77,15 @@ class Pair:
     """One image and where its mask should be.
 
     ``image`` is ``None`` when a split file names an image that does not exist
-    (``origin`` is then ``"file:line"``).
+    (``origin`` is then ``"file:line"``); ``outside`` says why the line's name
+    leaves the images folder, if it does.
     """
 
     key: str  #: path below the images folder without suffix, posix
     image: Path | None
     mask: Path
     origin: str = ""
+    outside: str = ""
 
 
 def _require_dir(folder: Path, param: str) -> None:
@@ -154,7 +157,14 @@ class FolderIndex:
                 continue
             if key not in self.images and is_image_file(Path(key)):
                 key = Path(key).with_suffix("").as_posix()  # the line gave the file name
-            pairs.append(Pair(key, self.images.get(key), self.mask_of(key), f"{list_file}:{number}"))
+            origin = f"{list_file}:{number}"
+            try:
+                resolve_inside(self.images_dir, key, f"{origin}: {key!r}")
+                resolve_inside(self.masks_dir, key + self.mask_suffix, f"{origin}: {key!r}")
+            except DataError as exc:
+                pairs.append(Pair(key, None, self.masks_dir, origin, outside=str(exc)))
+                continue
+            pairs.append(Pair(key, self.images.get(key), self.mask_of(key), origin))
         if not pairs:
             raise DataError(f"split file {list_file} names no images (one image name without suffix a line)")
         return pairs
@@ -179,6 +189,8 @@ class MaskFolderSource(SampleSource):
     def __getitem__(self, index: int) -> Sample:
         """``image`` (H, W, 3) uint8 RGB, ``mask`` (H, W) int64 (255 = ignore), ``id`` (the image path)."""
         pair = self.pairs[index]
+        if pair.outside:
+            raise DataError(pair.outside)
         if pair.image is None:
             raise DataError(
                 f"{pair.origin}: names {pair.key!r}, but there is no image {pair.key}.<{IMAGE_EXTENSION_LIST}> in the "

@@ -37,6 +37,7 @@ from .detection_common import (
     Object,
     Parsed,
     check_task,
+    inside,
 )
 
 #: The 20 Pascal VOC classes, in the devkit's order (label i = VOC_CLASSES[i]).
@@ -101,11 +102,15 @@ class VocSource(DetectionSource):
     """The images of some VOC ids; an id's XML is parsed when its sample is read."""
 
     def __init__(self, root: Path, ids: list[str], images: dict[str, Path], loader: Voc, listed: Path) -> None:
+        outside: dict[int, str] = {}
+        xmls = [
+            inside(root / "Annotations", f"{i}.xml", f"{listed}: image id {i!r}", outside, n) for n, i in enumerate(ids)
+        ]
         paths = [images.get(i, root / "JPEGImages" / f"{i}.jpg") for i in ids]
-        xmls = [root / "Annotations" / f"{i}.xml" for i in ids]
         key = {"stage": "voc", "classes": loader.classes, "keep_difficult": loader.keep_difficult,
                "one_based": loader.one_based}  # fmt: skip
-        super().__init__(paths, key, xmls)
+        super().__init__(paths, key, [x for n, x in enumerate(xmls) if n not in outside])
+        self.outside = outside
         self.ids = ids
         self.xmls = xmls
         self.listed = listed  #: where the ids come from (a split list or Annotations/), for messages
