@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,14 @@ def test_api_refuses_a_hostile_checkpoint_without_running_it(run, hostile) -> No
         run["pipe"].load_checkpoint(path)
     with pytest.raises(VisionPipeError, match="--trust-checkpoint"):
         run["pipe"].predict([run["images"] / "a.png"], ckpt=path)
+    # a bare pickle (not torch's format) and the legacy torch format: refused too
+    pickled = path.with_suffix(".pkl")
+    pickled.write_bytes(pickle.dumps({"state_dict": {}, "x": RunsCode(marker)}, protocol=4))
+    with open(path.with_suffix(".legacy"), "wb") as f:
+        torch.save({"state_dict": {}, "x": RunsCode(marker)}, f, _use_new_zipfile_serialization=False)
+    for other in (pickled, path.with_suffix(".legacy")):
+        with pytest.raises(VisionPipeError, match=r"refusing to load this checkpoint.*--trust-checkpoint"):
+            Pipeline.load(other)
     assert not marker.exists()
 
 
