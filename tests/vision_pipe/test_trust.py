@@ -240,3 +240,12 @@ def test_plugins_recorded_in_a_checkpoint_are_imported_only_when_named(run, tmp_
     monkeypatch.delitem(sys.modules, "h1_marker_plugin")
     assert Pipeline.load(path, trust=True).stages["backbone"] is not None
     assert marker.exists()
+
+
+def test_a_checkpoint_does_not_read_the_weights_file_its_config_names(run, hostile, tmp_path) -> None:
+    path, marker = hostile
+    ckpt = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["vision_pipe"]["config"]["model"]["backbone"]["weights"] = str(path)
+    torch.save(ckpt, tmp_path / "names-weights.ckpt")
+    pipe = Pipeline.load(tmp_path / "names-weights.ckpt")  # its own state_dict replaces them anyway
+    assert pipe.predict([run["images"] / "a.png"])[0].class_name and not marker.exists()
