@@ -173,6 +173,16 @@ class CheckpointConfig(_Strict):
     mode: Literal["min", "max"] = "min"
 
 
+class GuardConfig(_Strict):
+    """What a fit does when the training loss becomes non-finite (NaN or inf); see :mod:`vision_pipe.guards`.
+
+    ``stop`` (default): stop the run with an error naming the epoch and step.
+    ``skip_batch``: skip that batch's optimizer step and count it (``train/skipped_batches`` in metrics.json).
+    """
+
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+
+
 class PipelineConfig(_Strict):
     """One pipeline: its stages, optimization, and Lightning trainer settings."""
 
@@ -186,6 +196,7 @@ class PipelineConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     trainer: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of lightning Trainer")
     output_dir: str = "runs"
 

@@ -34,7 +34,7 @@ from vision_pipe.errors import VisionPipeError
 from vision_pipe.finetune import read_checkpoint
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
-from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
+from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import write_predictions
 from vision_pipe.results import Prediction
@@ -183,6 +183,8 @@ class Pipeline:
         skipped = f", {len(report.bad)} bad sample(s) skipped" if report.bad else ""
         source = "cached" if report.cached else f"{report.seconds:.1f} s"
         log.info("pre-flight: %d samples checked (%s)%s", sum(report.checked.values()), source, skipped)
+        for split, names in report.empty_classes(self.class_names).items():
+            log.warning("pre-flight: %s", empty_class_warning(split, names))
         return report
 
     def fit_normalizer(self) -> None:
@@ -206,7 +208,7 @@ class Pipeline:
         report = self.preflight()
         run_dir = self._ensure_run_dir(checkpoint)
         if record:
-            record_preflight(run_dir, report, self.config.data.on_bad_sample)
+            record_preflight(run_dir, report, self.config.data.on_bad_sample, self.class_names)
         self.module.plots_dir = run_dir / "plots"
         return run_dir
 

@@ -1,8 +1,8 @@
 """The Lightning Trainer of a run: its callbacks, its loggers, the CPU threads it
 may use, and the Lightning chatter kept off the console while it runs.
 
-Owns :func:`make_trainer` (checkpointing, early stopping, learning-rate
-monitor, CSV + TensorBoard loggers in directories of their own, plus the
+Owns :func:`make_trainer` (the non-finite guard of :mod:`vision_pipe.guards`,
+checkpointing, early stopping, learning-rate monitor, CSV + TensorBoard loggers in directories of their own, plus the
 callbacks the caller adds, e.g. :class:`vision_pipe.runs.RunArtifacts`) and
 :func:`running` (the context every ``trainer.fit/validate/test`` call runs
 in). Warning and logging filters are scoped to those calls: importing
@@ -23,12 +23,15 @@ import pytorch_lightning as pl
 import torch
 
 from vision_pipe.config import PipelineConfig
+from vision_pipe.guards import NonFiniteGuard
 
 #: Warnings Lightning gives for what vision-pipe does on purpose.
 _QUIET_WARNINGS = (
     # evaluation trainers restore a checkpoint without the training callbacks on purpose
     r"Be aware that when using `ckpt_path`",
     r".*isinstance\(treespec, LeafSpec\)",
+    # guard.on_nonfinite: skip_batch skips a batch by returning None from training_step on purpose
+    r"`training_step` returned `None`",
 )
 _LIGHTNING_LOGGER = "pytorch_lightning.utilities.rank_zero"
 
@@ -89,7 +92,9 @@ def make_trainer(
             save_last=True,
             auto_insert_metric_name=False,
         )
-        all_callbacks += [checkpoint_cb, LearningRateMonitor(logging_interval="epoch")]
+        # the guard first: it checks the weights before any checkpoint of the epoch is written
+        all_callbacks += [NonFiniteGuard(config.guard.on_nonfinite), checkpoint_cb]
+        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if config.early_stopping.enabled:
             es = config.early_stopping
             all_callbacks.append(
