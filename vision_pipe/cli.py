@@ -201,10 +201,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
-    if command == "stages":
-        return _stages(_manager(args), args.kind, args.all, args.markdown)
-    if command == "plugins":
-        return _plugins(_manager(args))
+    if command in ("stages", "plugins"):
+        manager = _manager(args)
+        manager.check_disabled()
+        if command == "stages":
+            return _stages(manager, args.kind, args.all, args.markdown)
+        return _plugins(manager)
 
     from vision_pipe.pipeline import Pipeline
 
@@ -213,6 +215,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args))
     if command == "check":
+        from vision_pipe.trainer import check_trainer
+
+        check_trainer(pipe.config, pipe.locations)
         cfg = pipe.config
         print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
         print(

@@ -36,11 +36,11 @@ from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
 from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
-from vision_pipe.render import write_predictions
+from vision_pipe.render import prepare_out_dir, write_predictions
 from vision_pipe.results import Prediction
 from vision_pipe.runs import RunArtifacts, open_run_dir, record_preflight, scalars
 from vision_pipe.stages import SampleSource
-from vision_pipe.trainer import make_trainer, running
+from vision_pipe.trainer import check_trainer, make_trainer, running
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 log = logging.getLogger("vision_pipe")
@@ -98,11 +98,13 @@ class Pipeline:
         from_checkpoint: CheckpointClasses | None = None,
     ) -> None:
         self.manager = manager or PluginManager()
-        for module in data.get("plugins") or []:
-            if isinstance(module, str):
-                self.manager.load_module(module)
+        modules = [m for m in data.get("plugins") or [] if isinstance(m, str)]
+        self.manager.check_disabled(modules)
+        for module in modules:
+            self.manager.load_module(module)
         self.manager.hook.vision_pipe_config_resolved(config=data)
         self.config: PipelineConfig = validate(data, locs)
+        self.locations = locs  # where each key was set (for errors found later, e.g. by check_trainer)
         built = build_pipeline(self.config, locs, self.manager.registry, from_checkpoint=from_checkpoint)
         self.resolved: dict[str, Any] = built.resolved
         self.stages: dict[str, Any] = built.stages
@@ -226,6 +228,7 @@ class Pipeline:
         dm = self._require_data("fit")
         if resume is not None and not Path(resume).is_file():
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
+        check_trainer(self.config, self.locations)  # a bad Trainer argument stops the fit before its run directory
         run_dir = self._prepare(resume, record=True)
         dm.preflight()
         self.fit_normalizer()
@@ -295,6 +298,8 @@ class Pipeline:
         input (drawn prediction / colour overlay), ``<name>_mask.png`` (class ids,
         segmentation), ``predictions.json`` and ``detections_coco.json`` (detection).
         """
+        if out is not None:
+            prepare_out_dir(out)  # before predicting: an unwritable --out fails at once
         if ckpt is not None:
             self.load_checkpoint(ckpt)
         items = list(inputs)
