@@ -19,11 +19,12 @@ became non-finite in an update whose loss was still finite stop the run too.
 
 Cost: one ``torch.isfinite`` of the loss and one host read of the result per
 training step (in a multi-process run, after a sum over the processes so that
-every process takes the same decision). On a CPU that is nothing; on a GPU the
+every process takes the same decision). On a CPU that is nothing. On a GPU the
 read waits for the step's kernels, which removes the overlap of the next
-step's Python work with the GPU: a few percent on small, fast steps, nothing
-measurable on steps that are GPU-bound anyway. The per-epoch weight check is
-one reduction over the parameters.
+step's Python work with the GPU's queue: expected to matter only for small,
+fast steps (launch-bound models) and to vanish in GPU-bound ones; not yet
+measured on a GPU (see BENCHMARKS.md for how the framework overhead is
+measured). The per-epoch weight check is one reduction over the parameters.
 """
 
 from __future__ import annotations
