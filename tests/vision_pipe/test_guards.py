@@ -14,8 +14,21 @@ from vision_pipe.cli import main
 from vision_pipe.plugins import PluginManager
 
 
-def _manager_with_inf_head(at: set[int]) -> PluginManager:
-    """A manager with head ``inf_at``: the classification head whose training loss is inf at the steps in ``at``."""
+class _InfGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose update makes the weights non-finite."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return grad * float("inf")
+
+
+def _manager_with_inf_head(at: set[int], *, gradient: bool = False) -> PluginManager:
+    """A manager with head ``inf_at``: the classification head whose training loss (or, with ``gradient``,
+    only its gradient) is inf at the steps in ``at``."""
 
     @stage("head", "inf_at")
     def inf_at(context: StageContext) -> torch.nn.Module:
@@ -28,7 +41,8 @@ def _manager_with_inf_head(at: set[int]) -> PluginManager:
             losses = loss(outputs, batch)
             if head.training:
                 if calls["n"] in at:
-                    losses = {**losses, "loss": losses["loss"] * float("inf")}
+                    poisoned_loss = _InfGradient.apply(losses["loss"]) if gradient else losses["loss"] * float("inf")
+                    losses = {**losses, "loss": poisoned_loss}
                 calls["n"] += 1
             return losses
 
@@ -71,6 +85,15 @@ def test_an_inf_loss_at_a_later_step_stops_within_that_step(tiny_config, tmp_pat
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
         assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == 0
+
+
+def test_weights_made_non_finite_by_a_finite_loss_stop_before_any_checkpoint(tiny_config, tmp_path):
+    tiny_config["model"]["head"] = {"name": "inf_at"}
+    # the last step of epoch 0 (3 batches) has a finite loss and an infinite gradient: the weights become NaN
+    pipe = Pipeline.from_dict(tiny_config, manager=_manager_with_inf_head({2}, gradient=True))
+    with pytest.raises(TrainingError, match=r"the weights became non-finite \(NaN or inf\) at epoch 0, step 3"):
+        pipe.fit()
+    assert _checkpoints(tmp_path) == []
 
 
 def test_skip_batch_skips_the_step_and_counts_it(tiny_config, tmp_path):
