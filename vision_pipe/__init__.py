@@ -19,6 +19,7 @@ from vision_pipe.errors import (
     DataError,
     PluginError,
     StageError,
+    TrainingError,
     VisionPipeError,
     did_you_mean,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "SegmentationPrediction",
     "StageContext",
     "StageError",
+    "TrainingError",
     "VisionPipeError",
     "atomic_torch_save",
     "atomic_write_bytes",

@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,13 +153,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return _run(args)
+        with _warnings_on_stderr():
+            return _run(args)
     except VisionPipeError as exc:
         print(f"error: {_message(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """While the command runs, the ``vision_pipe`` logger's warnings are ``warning: ...`` lines on stderr."""
+    import logging
+
+    logger = logging.getLogger("vision_pipe")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _message(exc: BaseException) -> str:
@@ -207,10 +224,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
-    if command == "stages":
-        return _stages(_manager(args), args.kind, args.all, args.markdown)
-    if command == "plugins":
-        return _plugins(_manager(args))
+    if command in ("stages", "plugins"):
+        manager = _manager(args)
+        manager.check_disabled()
+        if command == "stages":
+            return _stages(manager, args.kind, args.all, args.markdown)
+        return _plugins(manager)
 
     from vision_pipe.pipeline import Pipeline
 
@@ -220,6 +239,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     trust = args.trust_checkpoint
     pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args), trust=trust)
     if command == "check":
+        from vision_pipe.trainer import check_trainer
+
+        check_trainer(pipe.config, pipe.locations)
         cfg = pipe.config
         print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
         print(

@@ -9,13 +9,15 @@ and suggests the closest valid names for a misspelling. Reading YAML files,
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+import typing
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.errors import ConfigError, StageError, did_you_mean
+from vision_pipe.param_types import type_str
 from vision_pipe.tasks import TASKS
 
 # ----------------------------------------------------------------------------
@@ -56,6 +58,10 @@ class BoxRules(_Strict):
     min_height: float = Field(0.0, ge=0.0)
 
 
+#: The largest ``data.batch_size`` accepted: larger is a typo (an extra digit) rather than a plan.
+MAX_BATCH_SIZE = 65536
+
+
 class DataConfig(_Strict):
     """The data side: loading → (split) → resize → augmentation → batches → normalization."""
 
@@ -64,8 +70,8 @@ class DataConfig(_Strict):
     split: tuple[float, float, float] = Field(
         (0.6, 0.2, 0.2), description="train/val/test fractions, used when the loader has no split of its own"
     )
-    batch_size: int = Field(64, ge=1)
-    num_workers: int | Literal["auto"] = "auto"
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
+    num_workers: Annotated[int, Field(ge=0, le=1024)] | Literal["auto"] = "auto"
     normalization: StageSpec | None = None
     augmentation: list[StageSpec] = Field(default_factory=list)
     on_bad_sample: Literal["error", "skip"] = Field(
@@ -173,6 +179,16 @@ class CheckpointConfig(_Strict):
     mode: Literal["min", "max"] = "min"
 
 
+class GuardConfig(_Strict):
+    """What a fit does when the training loss becomes non-finite (NaN or inf); see :mod:`vision_pipe.guards`.
+
+    ``stop`` (default): stop the run with an error naming the epoch and step.
+    ``skip_batch``: skip that batch's optimizer step and count it (``train/skipped_batches`` in metrics.json).
+    """
+
+    on_nonfinite: Literal["stop", "skip_batch"] = "stop"
+
+
 class PipelineConfig(_Strict):
     """One pipeline: its stages, optimization, and Lightning trainer settings."""
 
@@ -186,6 +202,7 @@ class PipelineConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
     trainer: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of lightning Trainer")
     output_dir: str = "runs"
 
@@ -270,11 +287,53 @@ def pydantic_to_config_error(
     return ConfigError(msg + more, location=locs.find(full), key=dotted(full))
 
 
+#: Lower bounds of Trainer arguments that Lightning does not check itself when the Trainer is made.
+TRAINER_MINIMUM: dict[str, int] = {
+    "check_val_every_n_epoch": 1,
+    "log_every_n_steps": 0,
+    "accumulate_grad_batches": 1,
+    "num_sanity_val_steps": -1,
+    "max_steps": -1,
+    "min_epochs": 0,
+    "min_steps": 0,
+    "num_nodes": 1,
+    "reload_dataloaders_every_n_epochs": 0,
+    "gradient_clip_val": 0,
+}
+
+
+def _trainer_value_problem(key: str, value: Any, hints: dict[str, Any]) -> str | None:
+    """Why ``value`` is not a valid ``Trainer(key=...)`` by the type Lightning declares (and our lower bounds)."""
+    hint = hints.get(key)
+    if hint is not None:
+        adapter = pydantic.TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True, strict=True))
+        try:
+            adapter.validate_python(value)
+        except pydantic.ValidationError:
+            return f"{value!r} is not a valid value of Trainer({key}=...), which takes {type_str(hint)}"
+        except Exception:  # a type pydantic cannot check: Lightning checks it when the Trainer is made
+            return None
+    minimum = TRAINER_MINIMUM.get(key)
+    if minimum is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < minimum:
+        return f"must be >= {minimum} (got {value!r})"
+    return None
+
+
 def validate_trainer(trainer: dict[str, Any], locs: Locations) -> dict[str, Any]:
-    """Check trainer keys against ``lightning.Trainer``'s signature; apply defaults."""
+    """Check trainer keys against ``lightning.Trainer``'s signature and their values against its declared
+    types (and the lower bounds Lightning leaves unchecked); apply defaults.
+
+    What depends on the machine (an accelerator that is not there, more devices than it has) and
+    the ranges Lightning checks itself are checked by making a Trainer
+    (:func:`vision_pipe.trainer.check_trainer`, run by ``vision-pipe check`` and before a fit).
+    """
     from pytorch_lightning import Trainer
 
     valid = [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+    try:
+        hints = typing.get_type_hints(Trainer.__init__)
+    except Exception:  # pragma: no cover - an annotation this Python cannot evaluate
+        hints = {}
     for key in trainer:
         if key in TRAINER_RESERVED:
             raise ConfigError(
@@ -288,6 +347,9 @@ def validate_trainer(trainer: dict[str, Any], locs: Locations) -> dict[str, Any]
                 location=locs.find(("trainer", key)),
                 key=f"trainer.{key}",
             )
+        problem = _trainer_value_problem(key, trainer[key], hints)
+        if problem is not None:
+            raise ConfigError(problem, location=locs.find(("trainer", key)), key=f"trainer.{key}")
     return {**TRAINER_DEFAULTS, **trainer}
 
 

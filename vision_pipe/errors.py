@@ -53,6 +53,10 @@ class DataError(VisionPipeError):
     """Input data is missing, unreadable or inconsistent; names the file."""
 
 
+class TrainingError(VisionPipeError):
+    """A run was stopped because training went wrong (a non-finite loss or weights); names the epoch and step."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, n: int = 3) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choices, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)

@@ -3,7 +3,9 @@
 Per step the module does only what the step needs: the loss terms are summed
 on the device and logged once per epoch (no per-step ``self.log``, no host
 sync), as means over the epoch's samples of all processes; the datamodule moves
-only the batch's tensors to the accelerator. The head's torchmetrics reduce
+only the batch's tensors to the accelerator. The one host read per step is the
+non-finite loss check of :mod:`vision_pipe.guards` (its cost is described there);
+with ``guard.on_nonfinite: skip_batch`` it happens here, in ``training_step``. The head's torchmetrics reduce
 themselves across processes.
 
 Performance switches (``model.channels_last``, ``model.compile``; see
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from vision_pipe.config import OptimizerConfig, SchedulerConfig
+from vision_pipe.guards import any_nonfinite
 from vision_pipe.stages import Backbone, Batch, Head, Normalizer
 
 
@@ -70,6 +73,9 @@ class PipelineModule(pl.LightningModule):
         self.compile_mode: str | None = ("default" if compile is True else compile) or None
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
         self._loss_counts: dict[str, int] = {}
+        #: set by :class:`vision_pipe.guards.NonFiniteGuard`: skip batches whose loss is NaN/inf (and count them)
+        self.skip_nonfinite = False
+        self.skipped_batches = 0
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -93,9 +99,12 @@ class PipelineModule(pl.LightningModule):
 
     # -- steps --------------------------------------------------------------
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         outputs = self(batch["image"])
         losses = self.head.loss(outputs, batch)
+        if self.skip_nonfinite and any_nonfinite(self.trainer, losses["loss"]):
+            self.skipped_batches += 1
+            return None  # Lightning skips this batch's backward pass and optimizer step
         self._accumulate("train", losses, batch["image"].shape[0])
         return losses["loss"]
 
@@ -137,6 +146,8 @@ class PipelineModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_losses("train")
+        if self.skip_nonfinite:
+            self.log("train/skipped_batches", float(self.skipped_batches), sync_dist=True, reduce_fx="sum")
 
     def on_validation_epoch_start(self) -> None:
         self._loss_sums.pop("val", None)

@@ -35,13 +35,13 @@ from vision_pipe.errors import VisionPipeError
 from vision_pipe.finetune import allowed_globals, read_checkpoint
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
-from vision_pipe.preflight import PreflightReport, apply_report, run_preflight
+from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
-from vision_pipe.render import write_predictions
+from vision_pipe.render import prepare_out_dir, write_predictions
 from vision_pipe.results import Prediction
 from vision_pipe.runs import RunArtifacts, open_run_dir, record_preflight, scalars
 from vision_pipe.stages import SampleSource
-from vision_pipe.trainer import make_trainer, running
+from vision_pipe.trainer import check_trainer, make_trainer, running
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 log = logging.getLogger("vision_pipe")
@@ -105,12 +105,14 @@ class Pipeline:
         plugin_modules: Iterable[str] | None = None,
     ) -> None:
         self.manager = manager or PluginManager()
-        modules = (data.get("plugins") or []) if plugin_modules is None else plugin_modules
+        requested = (data.get("plugins") or []) if plugin_modules is None else plugin_modules
+        modules = [m for m in requested if isinstance(m, str)]
+        self.manager.check_disabled(modules)
         for module in modules:
-            if isinstance(module, str):
-                self.manager.load_module(module)
+            self.manager.load_module(module)
         self.manager.hook.vision_pipe_config_resolved(config=data)
         self.config: PipelineConfig = validate(data, locs)
+        self.locations = locs  # where each key was set (for errors found later, e.g. by check_trainer)
         built = build_pipeline(self.config, locs, self.manager.registry, from_checkpoint=from_checkpoint, trust=trust)
         self.resolved: dict[str, Any] = built.resolved
         self.stages: dict[str, Any] = built.stages
@@ -229,6 +231,8 @@ class Pipeline:
         skipped = f", {len(report.bad)} bad sample(s) skipped" if report.bad else ""
         source = "cached" if report.cached else f"{report.seconds:.1f} s"
         log.info("pre-flight: %d samples checked (%s)%s", sum(report.checked.values()), source, skipped)
+        for split, names in report.empty_classes(self.class_names).items():
+            log.warning("pre-flight: %s", empty_class_warning(split, names))
         return report
 
     def fit_normalizer(self) -> None:
@@ -252,7 +256,7 @@ class Pipeline:
         report = self.preflight()
         run_dir = self._ensure_run_dir(checkpoint)
         if record:
-            record_preflight(run_dir, report, self.config.data.on_bad_sample)
+            record_preflight(run_dir, report, self.config.data.on_bad_sample, self.class_names)
         self.module.plots_dir = run_dir / "plots"
         return run_dir
 
@@ -273,6 +277,7 @@ class Pipeline:
             raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
         if resume is not None:
             read_checkpoint(resume, trust=trust)  # our message, before Lightning unpickles it
+        check_trainer(self.config, self.locations)  # a bad Trainer argument stops the fit before its run directory
         run_dir = self._prepare(resume, record=True)
         dm.preflight()
         self.fit_normalizer()
@@ -346,6 +351,8 @@ class Pipeline:
         input (drawn prediction / colour overlay), ``<name>_mask.png`` (class ids,
         segmentation), ``predictions.json`` and ``detections_coco.json`` (detection).
         """
+        if out is not None:
+            prepare_out_dir(out)  # before predicting: an unwritable --out fails at once
         if ckpt is not None:
             self.load_checkpoint(ckpt, trust=trust)
         items = list(inputs)

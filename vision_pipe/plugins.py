@@ -84,14 +84,40 @@ class PluginManager(pluggy.PluginManager):
         self.load_errors: dict[str, PluginError] = {}
         self.registry.load_errors = self.load_errors  # type: ignore[assignment]
         env_disabled = [s.strip() for s in os.environ.get(DISABLE_ENV, "").split(",") if s.strip()]
+        #: the plugins disabled by the caller (``--disable``), checked by :meth:`check_disabled`
+        self.disabled_on_request = list(dict.fromkeys(disabled))
         self.disabled = set(disabled) | set(env_disabled)
         for name in self.disabled:
             self.set_blocked(name)
+        self.registry.disabled = {name: self._disabled_module(name) for name in sorted(self.disabled)}
         self._loading: metadata.EntryPoint | None = None
         if autoload is None:
             autoload = os.environ.get(NO_AUTOLOAD_ENV, "") not in ("1", "true", "yes")
         if autoload:
             self.load_entry_points()
+
+    # -- disabled plugins -------------------------------------------------------
+
+    @staticmethod
+    def _entry_points(group: str = ENTRY_POINT_GROUP) -> dict[str, str]:
+        """The installed plugins: entry-point name → module."""
+        return {ep.name: ep.value for ep in metadata.entry_points(group=group)}
+
+    def _disabled_module(self, name: str) -> str:
+        """The module of the disabled plugin ``name`` (its entry point's, or ``name`` itself for a module path)."""
+        return self._entry_points().get(name, name)
+
+    def check_disabled(self, modules: Iterable[str] = ()) -> None:
+        """Raise a :class:`PluginError` for a ``--disable`` name that is no installed plugin (entry-point name
+        or module) and none of ``modules`` (a pipeline's ``plugins:``), with the closest names."""
+        installed = self._entry_points()
+        known = [*installed, *installed.values(), *self.plugins, *modules]
+        for name in self.disabled_on_request:
+            if name not in known:
+                raise PluginError(
+                    f"--disable {name}: no plugin '{name}' is installed or named in the pipeline."
+                    f"{did_you_mean(name, known)} Installed plugins: {', '.join(sorted(installed)) or '(none)'}"
+                )
 
     # -- entry points ----------------------------------------------------------
 

@@ -11,7 +11,10 @@ read only once.
 
 ``data.on_bad_sample: error`` (default) stops with every problem listed;
 ``skip`` leaves the bad samples out (:func:`apply_report`) and the run's
-``preflight.json`` lists them.
+``preflight.json`` lists them. The pass also counts, per split, the good
+samples that hold each class: a class left with no sample in a split
+(:meth:`PreflightReport.empty_classes`, e.g. after skipping its only bad
+samples) is a warning and ``data/empty_classes`` in the run's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from vision_pipe.cache import cache_dir
 from vision_pipe.data import SubsetSource, _worker_init
 from vision_pipe.errors import DataError
 from vision_pipe.io import atomic_write_text
+from vision_pipe.samples import sample_classes
 from vision_pipe.stages import SampleSource
 from vision_pipe.tasks import Task, get_task
 
 #: How many problems an error message lists before "... and N more".
 SHOWN = 10
-_VERSION = 2  # bump when the checks change, to invalidate cached reports
+_VERSION = 3  # bump when the checks change, to invalidate cached reports
 
 
 @dataclass
@@ -56,13 +60,25 @@ class PreflightReport:
     bad: list[BadSample] = field(default_factory=list)
     seconds: float = 0.0
     cached: bool = False
+    #: per split, how many good samples hold each class id (index = class id)
+    class_counts: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "checked": self.checked,
             "bad": [asdict(b) for b in self.bad],
             "seconds": round(self.seconds, 3),
+            "class_counts": self.class_counts,
         }
+
+    def empty_classes(self, class_names: Sequence[str]) -> dict[str, list[str]]:
+        """Per split, the classes no good sample of that split holds (splits without any are left out)."""
+        out: dict[str, list[str]] = {}
+        for split, counts in self.class_counts.items():
+            empty = [name for i, name in enumerate(class_names) if i >= len(counts) or counts[i] == 0]
+            if empty:
+                out[split] = empty
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreflightReport:
@@ -71,6 +87,7 @@ class PreflightReport:
             bad=[BadSample(**b) for b in data["bad"]],
             seconds=float(data.get("seconds", 0.0)),
             cached=True,
+            class_counts={k: [int(n) for n in v] for k, v in data.get("class_counts", {}).items()},
         )
 
 
@@ -80,7 +97,7 @@ class PreflightReport:
 
 
 class _Checked(Dataset):
-    """Item ``i``: ``None`` if sample ``i`` is good, else the reason it is bad."""
+    """Item ``i``: ``(None, class ids it holds)`` if sample ``i`` is good, else ``(the reason it is bad, [])``."""
 
     def __init__(self, source: SampleSource, task: Task, num_classes: int) -> None:
         self.source = source
@@ -90,12 +107,13 @@ class _Checked(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> str | None:
+    def __getitem__(self, index: int) -> tuple[str | None, list[int]]:
         try:
-            self.task.check_sample(self.source[index], self.num_classes)
+            sample = self.source[index]
+            self.task.check_sample(sample, self.num_classes)
         except DataError as exc:
-            return str(exc)
-        return None
+            return str(exc), []
+        return None, sample_classes(sample)
 
 
 def _key(splits: dict[str, SampleSource], task: str, num_classes: int) -> str:
@@ -137,12 +155,16 @@ def run_preflight(
             worker_init_fn=_worker_init if num_workers else None,
         )
         index = 0
-        for reasons in loader:
-            for reason in reasons:
+        counts = [0] * num_classes
+        for items in loader:
+            for reason, classes in items:
                 if reason is not None:
                     report.bad.append(BadSample(split, index, reason))
+                for c in classes:
+                    counts[c] += 1
                 index += 1
         report.checked[split] = index
+        report.class_counts[split] = counts
     report.seconds = time.perf_counter() - start
     if use_cache:
         atomic_write_text(path, json.dumps(report.to_dict()))
@@ -175,6 +197,19 @@ def apply_report(
             raise DataError(f"every sample of the {split} split is bad; first problem: {_first(report, split)}")
         out[split] = _subset(source, kept)
     return out
+
+
+def empty_class_warning(split: str, names: Sequence[str]) -> str:
+    """The warning for the classes ``names`` that no sample of ``split`` holds."""
+    shown = ", ".join(repr(n) for n in names[:SHOWN]) + (
+        f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    )
+    consequence = {
+        "train": "the model never sees them in training",
+        "val": "their validation metrics are undefined (null in metrics.json)",
+        "test": "their test metrics are undefined (null in metrics.json)",
+    }.get(split, "their metrics on it are undefined")
+    return f"{len(names)} class(es) have no sample in the {split} split: {shown}; {consequence}"
 
 
 def _first(report: PreflightReport, split: str) -> str:

@@ -281,6 +281,8 @@ class StageRegistry:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], StageEntry] = {}
         self.load_errors: dict[str, str] = {}
+        #: disabled plugins (name → module), set by the plugin manager: named when a stage is unknown
+        self.disabled: dict[str, str] = {}
 
     def add(self, factory: Callable[..., Any], *, plugin: str, distribution: str | None = None) -> StageEntry:
         """Validate and register a factory marked with :func:`vision_pipe.stage`."""
@@ -331,7 +333,18 @@ class StageRegistry:
             )
         for plugin, error in self.load_errors.items():
             message += f"\nplugin '{plugin}' failed to load and may provide it: {error}"
-        raise StageError(message)
+        raise StageError(self._disabled_note(name) + message)
+
+    def _disabled_note(self, name: str) -> str:
+        """``stage 'vgg' is provided by plugin 'vgg', which is disabled (--disable vgg). `` when a disabled
+        plugin (by its name or its module's) is the likely provider; else the disabled plugins, if any."""
+        for plugin, module in self.disabled.items():
+            if name in (plugin, module.rsplit(".", 1)[-1]):
+                return f"stage '{name}' is provided by plugin '{plugin}', which is disabled (--disable {plugin}). "
+        if self.disabled:
+            listing = ", ".join(f"'{p}'" for p in self.disabled)
+            return f"stage '{name}' may be provided by a disabled plugin ({listing}). "
+        return ""
 
     def discard_plugin(self, plugin: str) -> None:
         """Forget the stages of ``plugin`` (one that failed half-way through registering)."""

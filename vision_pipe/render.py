@@ -9,6 +9,7 @@ its task (:meth:`vision_pipe.tasks.Task.draw`, ``write_prediction``,
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vision_pipe.errors import VisionPipeError
 from vision_pipe.io import atomic_write_text, write_png
 from vision_pipe.results import Prediction
 from vision_pipe.tasks import task_of_prediction
@@ -53,22 +55,44 @@ def write_predictions(
     same names are replaced atomically; an input whose stem repeats gets ``-1``,
     ``-2`` ... appended.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
-    for image, pred, name in zip(images, predictions, names, strict=True):
-        task = task_of_prediction(pred)
-        stem = _unique(name, used)
-        record = pred.to_dict()
-        annotated = task.draw(image, pred, class_colors)
-        record["annotated"] = str(write_png(out / f"{stem}_pred.png", cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR)))
-        record.update(task.write_prediction(pred, out, stem))
-        records.append(record)
-    atomic_write_text(out / "predictions.json", json.dumps(records, indent=2))
-    if predictions:
-        task_of_prediction(predictions[0]).write_predictions(predictions, out)
+    try:
+        for image, pred, name in zip(images, predictions, names, strict=True):
+            task = task_of_prediction(pred)
+            stem = _unique(name, used)
+            record = pred.to_dict()
+            annotated = task.draw(image, pred, class_colors)
+            png = write_png(out / f"{stem}_pred.png", cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
+            record["annotated"] = str(png)
+            record.update(task.write_prediction(pred, out, stem))
+            records.append(record)
+        atomic_write_text(out / "predictions.json", json.dumps(records, indent=2))
+        if predictions:
+            task_of_prediction(predictions[0]).write_predictions(predictions, out)
+    except OSError as exc:
+        where = exc.filename or out
+        raise VisionPipeError(f"{where}: cannot write the predictions: {exc.strerror or exc}") from None
     return records
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir``, made if missing, after checking that files can be written in it: an existing file, a
+    folder that cannot be made or is not writable is a :class:`VisionPipeError` naming it."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VisionPipeError(f"{out}: the output folder is an existing file; choose another --out (a folder)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass  # what a file write needs, as the filesystem says (permissions, read-only mounts, root or not)
+    except OSError as exc:
+        raise VisionPipeError(
+            f"{out}: cannot write predictions into this folder ({exc.strerror or exc}); "
+            "choose another --out or fix its permissions"
+        ) from None
+    return out
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -80,4 +104,4 @@ def _unique(name: str, used: set[str]) -> str:
     return stem
 
 
-__all__ = ["render_prediction", "write_predictions"]
+__all__ = ["prepare_out_dir", "render_prediction", "write_predictions"]

@@ -76,13 +76,22 @@ def open_run_dir(
     return new_run_dir(config, resolved, splits)
 
 
-def record_preflight(run_dir: Path, report: PreflightReport, on_bad_sample: str) -> None:
-    """``preflight.json`` and the ``data/checked`` / ``data/skipped`` counts in ``metrics.json``."""
-    record = {"on_bad_sample": on_bad_sample, **report.to_dict()}
+def record_preflight(
+    run_dir: Path, report: PreflightReport, on_bad_sample: str, class_names: Sequence[str] = ()
+) -> None:
+    """``preflight.json`` and the ``data/checked`` / ``data/skipped`` / ``data/empty_classes`` counts in
+    ``metrics.json`` (``data/empty_classes``: how many classes some split holds no sample of; which ones,
+    per split, are in ``preflight.json``'s ``empty_classes``)."""
+    empty = report.empty_classes(class_names)
+    record = {"on_bad_sample": on_bad_sample, **report.to_dict(), "empty_classes": empty}
     atomic_write_text(run_dir / "preflight.json", json.dumps(record, indent=2))
     update_metrics_file(
         run_dir / "metrics.json",
-        {"data/checked": float(sum(report.checked.values())), "data/skipped": float(len(report.bad))},
+        {
+            "data/checked": float(sum(report.checked.values())),
+            "data/skipped": float(len(report.bad)),
+            "data/empty_classes": float(len({name for names in empty.values() for name in names})),
+        },
     )
 
 
@@ -192,7 +201,8 @@ def plot_curves(csv_paths: Sequence[Path], out: Path) -> None:
         ax1.plot(list(values), list(values.values()), marker="o", label=key)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
-    ax1.legend()
+    if losses:
+        ax1.legend()
     for key, values in sorted(others.items()):
         ax2.plot(list(values), list(values.values()), marker="o", label=key)
     ax2.set_xlabel("epoch")

@@ -171,6 +171,18 @@ def check_boxes(sample: Mapping[str, Any], size: tuple[int, int], num_classes: i
             )
 
 
+def sample_classes(sample: Mapping[str, Any]) -> list[int]:
+    """The class ids a (checked) sample holds: its ``label``, its ``mask``'s values but 255, its boxes' ``labels``."""
+    found: set[int] = set()
+    if sample.get("label") is not None:
+        found.add(int(sample["label"]))
+    if sample.get("mask") is not None:
+        found.update(int(v) for v in np.unique(np.asarray(sample["mask"])) if v != IGNORE_INDEX)
+    if sample.get("labels") is not None:
+        found.update(int(v) for v in np.asarray(sample["labels"]).reshape(-1))
+    return sorted(found)
+
+
 __all__ = [
     "BOX_TOLERANCE",
     "IGNORE_INDEX",
@@ -182,4 +194,5 @@ __all__ = [
     "check_label",
     "check_mask",
     "fmt_box",
+    "sample_classes",
 ]

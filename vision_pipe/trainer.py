@@ -1,18 +1,21 @@
 """The Lightning Trainer of a run: its callbacks, its loggers, the CPU threads it
 may use, and the Lightning chatter kept off the console while it runs.
 
-Owns :func:`make_trainer` (checkpointing, early stopping, learning-rate
-monitor, CSV + TensorBoard loggers in directories of their own, plus the
-callbacks the caller adds, e.g. :class:`vision_pipe.runs.RunArtifacts`) and
-:func:`running` (the context every ``trainer.fit/validate/test`` call runs
-in). Warning and logging filters are scoped to those calls: importing
-vision-pipe changes no process-wide warning or logging state.
+Owns :func:`make_trainer` (the non-finite guard of :mod:`vision_pipe.guards`,
+checkpointing, early stopping, learning-rate monitor, CSV + TensorBoard
+loggers in directories of their own, plus the callbacks the caller adds, e.g.
+:class:`vision_pipe.runs.RunArtifacts`), :func:`running` (the context every
+``trainer.fit/validate/test`` call runs in) and :func:`check_trainer` (the
+Trainer arguments checked by making a Trainer, as ``vision-pipe check`` and a
+fit do first). Warning and logging filters are scoped to those calls:
+importing vision-pipe changes no process-wide warning or logging state.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,12 +26,17 @@ import pytorch_lightning as pl
 import torch
 
 from vision_pipe.config import PipelineConfig
+from vision_pipe.config_files import Locations
+from vision_pipe.errors import ConfigError
+from vision_pipe.guards import NonFiniteGuard
 
 #: Warnings Lightning gives for what vision-pipe does on purpose.
 _QUIET_WARNINGS = (
     # evaluation trainers restore a checkpoint without the training callbacks on purpose
     r"Be aware that when using `ckpt_path`",
     r".*isinstance\(treespec, LeafSpec\)",
+    # guard.on_nonfinite: skip_batch skips a batch by returning None from training_step on purpose
+    r"`training_step` returned `None`",
 )
 _LIGHTNING_LOGGER = "pytorch_lightning.utilities.rank_zero"
 
@@ -89,7 +97,9 @@ def make_trainer(
             save_last=True,
             auto_insert_metric_name=False,
         )
-        all_callbacks += [checkpoint_cb, LearningRateMonitor(logging_interval="epoch")]
+        # the guard first: it checks the weights before any checkpoint of the epoch is written
+        all_callbacks += [NonFiniteGuard(config.guard.on_nonfinite), checkpoint_cb]
+        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         if config.early_stopping.enabled:
             es = config.early_stopping
             all_callbacks.append(
@@ -113,6 +123,52 @@ def make_trainer(
             enable_checkpointing=training,
         )
     return trainer, checkpoint_cb
+
+
+#: The Trainer argument most likely at fault when Lightning's message names none.
+_MACHINE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes", "plugins")
+
+
+def check_trainer(config: PipelineConfig, locs: Locations) -> None:
+    """Make (and drop) a Trainer with the config's arguments, as a fit on this machine would: a value
+    Lightning refuses (``max_epochs: -5``, ``precision: '17'``, ``accelerator: gpu`` on a machine
+    without one, ``devices: 0``) is a :class:`ConfigError` naming the key and where it was set.
+
+    Cheap (a few ms, no logger, no checkpointing, a temporary root); run by ``vision-pipe check``
+    and before a fit makes its run directory.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, quiet_lightning(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger = logging.getLogger(_LIGHTNING_LOGGER)
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            pl.Trainer(**config.trainer, logger=False, enable_checkpointing=False, default_root_dir=tmp)
+        except Exception as exc:
+            message = str(exc).strip()
+            key = _key_named(message, list(config.trainer))
+            where = ("trainer", key) if key else ("trainer",)
+            raise ConfigError(
+                f"Lightning refuses this Trainer argument: {message}",
+                location=locs.find(where),
+                key=".".join(where),
+            ) from None
+        finally:
+            logger.setLevel(level)
+
+
+def _key_named(message: str, keys: list[str]) -> str | None:
+    """The Trainer argument a Lightning error message is about (the first named in it, else a machine key)."""
+    named = []
+    for key in keys:
+        found = re.search(rf"\b{re.escape(key)}\b", message, flags=re.IGNORECASE)
+        if found:
+            named.append((found.start(), key))
+    if named:
+        return min(named)[1]
+    return next((k for k in _MACHINE_KEYS if k in keys), None)
 
 
 @contextmanager
@@ -153,4 +209,4 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["cpu_count", "cpu_threads", "fresh_name", "make_trainer", "quiet_lightning", "running"]
+__all__ = ["check_trainer", "cpu_count", "cpu_threads", "fresh_name", "make_trainer", "quiet_lightning", "running"]
