@@ -3,7 +3,9 @@ may use, and the Lightning chatter kept off the console while it runs.
 
 Owns :func:`make_trainer` (checkpointing, early stopping, learning-rate
 monitor, CSV + TensorBoard loggers in directories of their own, plus the
-callbacks the caller adds, e.g. :class:`vision_pipe.runs.RunArtifacts`) and
+callbacks the caller adds, e.g. :class:`vision_pipe.runs.RunArtifacts`),
+:class:`AtomicCheckpointIO` (every checkpoint written through
+:mod:`vision_pipe.io`'s atomic writer) and
 :func:`running` (the context every ``trainer.fit/validate/test`` call runs
 in). Warning and logging filters are scoped to those calls: importing
 vision-pipe changes no process-wide warning or logging state.
@@ -21,8 +23,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO
 
 from vision_pipe.config import PipelineConfig
+from vision_pipe.io import atomic_torch_save
 
 #: Warnings Lightning gives for what vision-pipe does on purpose.
 _QUIET_WARNINGS = (
@@ -76,6 +80,8 @@ def make_trainer(
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from vision_pipe.resume import RandomState
+
     all_callbacks: list[Any] = []
     checkpoint_cb = None
     training = action == "fit"
@@ -86,10 +92,22 @@ def make_trainer(
             monitor=config.checkpoint.monitor,
             mode=config.checkpoint.mode,
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
         )
-        all_callbacks += [checkpoint_cb, LearningRateMonitor(logging_interval="epoch")]
+        # last.ckpt: the state at the end of every finished epoch, whatever the monitored metric does
+        # (Lightning's save_last rides on the monitored callback: it is rewritten only when best improves).
+        # Written at the end of the training epoch, after validation, early stopping and best.ckpt;
+        # Lightning runs checkpoint callbacks last, in this order.
+        last_cb = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
+        all_callbacks += [checkpoint_cb, last_cb, LearningRateMonitor(logging_interval="epoch"), RandomState()]
         if config.early_stopping.enabled:
             es = config.early_stopping
             all_callbacks.append(
@@ -104,15 +122,37 @@ def make_trainer(
             save_dir=run_dir, name="logs", version=fresh_name(logs, f"{prefix}tensorboard"), default_hp_metric=False
         ),
     ]
+    options = dict(config.trainer)
+    plugins = options.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own checkpoint IO wins
+        plugins.append(AtomicCheckpointIO())
     with quiet_lightning():
         trainer = pl.Trainer(
-            **config.trainer,
+            **options,
+            plugins=plugins,
             callbacks=all_callbacks,
             logger=loggers,
             default_root_dir=run_dir,
             enable_checkpointing=training,
         )
     return trainer, checkpoint_cb
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files written with :func:`vision_pipe.io.atomic_torch_save`.
+
+    Lightning's own "atomic" save writes into the system's temporary folder and
+    moves the file (a copy across file systems) without an fsync: a crash can
+    leave a truncated ``last.ckpt``. Here: a temporary file next to the target,
+    fsync, rename, fsync of the folder.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, Path(path))
 
 
 @contextmanager
@@ -153,4 +193,4 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["cpu_count", "cpu_threads", "fresh_name", "make_trainer", "quiet_lightning", "running"]
+__all__ = ["AtomicCheckpointIO", "cpu_count", "cpu_threads", "fresh_name", "make_trainer", "quiet_lightning", "running"]
