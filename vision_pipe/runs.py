@@ -94,6 +94,10 @@ def discard_run_dir(run_dir: Path) -> None:
 
     if not is_secondary_process():
         shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # <output_dir>/<name>/, when this run was its only one
+        except OSError:
+            pass
 
 
 def record_preflight(run_dir: Path, report: PreflightReport, on_bad_sample: str) -> None:

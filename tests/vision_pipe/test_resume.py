@@ -30,7 +30,8 @@ def _runs(config: dict[str, Any]) -> list[Path]:
     return sorted(root.iterdir()) if root.exists() else []
 
 
-def test_last_checkpoint_is_the_last_finished_epoch_even_when_the_monitor_never_improves(tiny_config):
+def test_last_checkpoint_is_the_last_finished_epoch_even_when_the_monitor_never_improves(tiny_config, monkeypatch):
+    synced = _record_fsync(monkeypatch)
     tiny_config["trainer"]["max_epochs"] = 4
     # top-5 accuracy of 3 classes is always 1.0: best.ckpt stays at the first epoch
     tiny_config["checkpoint"] = {"monitor": "val/acc_top5", "mode": "max"}
@@ -42,6 +43,34 @@ def test_last_checkpoint_is_the_last_finished_epoch_even_when_the_monitor_never_
     assert best["epoch"] == 0
     assert {p.name for p in checkpoints.iterdir()} == {"best.ckpt", "last.ckpt"}
     assert set(last["callbacks"]) >= {"RandomState"}, "the random state travels with the checkpoint"
+    # Lightning's checkpoint files go through the one atomic writer: temporary file fsynced, then the folder
+    assert any(Path(p).name.startswith(".last.ckpt.") and p.endswith(".tmp") for p in synced), synced
+    assert str(checkpoints) in synced
+
+
+def _record_fsync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths ``os.fsync`` is called on from now on (through /proc: Linux only)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the files fsync is called on")
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_the_atomic_writer_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    from vision_pipe.io import atomic_write_text
+
+    synced = _record_fsync(monkeypatch)
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "{}")
+    assert len(synced) == 2 and Path(synced[0]).name.startswith(".metrics.json.") and synced[1] == str(tmp_path)
+    assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 # The killed run: a subprocess that trains the config in argv[1] and stops (sleeps) at the second batch of
@@ -93,16 +122,18 @@ def test_a_run_killed_in_epoch_k_resumes_at_epoch_k_and_ends_as_an_uninterrupted
     script = tmp_path / "killed_run.py"
     script.write_text(KILLED_RUN)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(config), str(marker), str(kill_epoch)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "killed_run.log"
+    with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(config), str(marker), str(kill_epoch)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 90
         while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, "the killed run never reached its epoch"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -295,7 +326,7 @@ def test_a_run_stopped_before_its_first_training_step_writes_nothing(
     # the error is ours or Lightning's (trainer values are checked by `check`): the point is what is left
     with pytest.raises(Exception) as error:  # noqa: PT011
         Pipeline.from_dict(tiny_config).fit()
-    assert _runs(tiny_config) == [], f"{type(error.value).__name__}: {error.value}"
+    assert not Path(tiny_config["output_dir"], "tiny").exists(), f"{type(error.value).__name__}: {error.value}"
 
 
 def test_cli_resume_from_a_truncated_checkpoint_is_one_message(finished, write_yaml, tmp_path, capsys):
