@@ -153,17 +153,38 @@ def file_stamp(path: Path | None) -> str:
 # ----------------------------------------------------------------------------
 
 
+def _fsync(path: Path, *, folder: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk; folders only where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
+    except OSError:
+        if folder:  # Windows cannot open a folder: its rename is durable without it
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
+
+
 def _atomic(path: Path, write: Any) -> None:
+    """The one atomic writer: ``write(tmp)`` into a temporary file next to ``path``, fsync it, rename it
+    over ``path``, fsync the folder. A crash or a kill at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        _fsync(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent, folder=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -27,6 +27,8 @@ from vision_pipe.config import OptimizerConfig, SchedulerConfig
 from vision_pipe.guards import any_nonfinite
 from vision_pipe.stages import Backbone, Batch, Head, Normalizer
 
+_Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+
 
 class PipelineModule(pl.LightningModule):
     """Runs a batch through the normalizer (on the accelerator), the backbone and the head.
@@ -148,6 +150,24 @@ class PipelineModule(pl.LightningModule):
         self._log_losses("train")
         if self.skip_nonfinite:
             self.log("train/skipped_batches", float(self.skipped_batches), sync_dist=True, reduce_fx="sum")
+        self._step_plateau_schedules()
+
+    def _step_plateau_schedules(self) -> None:
+        """Step a reduce-on-plateau schedule at the end of the epoch, before the checkpoint callbacks.
+
+        Lightning would step it after them, so ``last.ckpt`` would miss the
+        epoch's step and a resumed run would continue with another rate.
+        """
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, _Plateau) and config.interval == "epoch" and config.monitor:
+                value = self.trainer.callback_metrics.get(config.monitor)
+                if value is not None:
+                    config.scheduler.step(value)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        """Lightning's stepping of the schedules; reduce-on-plateau is stepped in ``on_train_epoch_end``."""
+        if not isinstance(scheduler, _Plateau):
+            super().lr_scheduler_step(scheduler, metric)
 
     def on_validation_epoch_start(self) -> None:
         self._loss_sums.pop("val", None)

@@ -18,7 +18,8 @@ import copy
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +40,8 @@ from vision_pipe.preflight import PreflightReport, apply_report, empty_class_war
 from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import prepare_out_dir, write_predictions
 from vision_pipe.results import Prediction
-from vision_pipe.runs import RunArtifacts, open_run_dir, record_preflight, scalars
+from vision_pipe.resume import check_resume_checkpoint
+from vision_pipe.runs import RunArtifacts, discard_run_dir, open_run_dir, record_preflight, run_dir_of, scalars
 from vision_pipe.stages import SampleSource
 from vision_pipe.trainer import check_trainer, make_trainer, running
 
@@ -250,6 +252,23 @@ class Pipeline:
             self.run_dir = open_run_dir(self.config, self.resolved, self.splits, checkpoint)
         return self.run_dir
 
+    @contextmanager
+    def _new_run(self, checkpoint: str | Path | None) -> Iterator[None]:
+        """Within the block: a run directory made here is removed if the block fails before a training step.
+
+        A stopped run writes nothing (see :func:`vision_pipe.runs.discard_run_dir`);
+        a run that trained keeps its checkpoints, metrics and curves.
+        """
+        fresh = self.run_dir is None and run_dir_of(checkpoint) is None
+        try:
+            yield
+        except BaseException:
+            trained = self.trainer is not None and self.trainer.global_step > 0
+            if fresh and self.run_dir is not None and not trained:
+                discard_run_dir(self.run_dir)
+                self.run_dir, self.trainer = None, None
+            raise
+
     def _prepare(self, checkpoint: str | Path | None, *, record: bool) -> Path:
         """Pre-flight, then the run directory; its preflight.json when ``record`` or when the pass ran here."""
         record = record or self.preflight_report is None
@@ -273,22 +292,21 @@ class Pipeline:
         metrics.json) and returns the last logged metrics (``train/loss``, ``val/acc`` ...).
         """
         dm = self._require_data("fit")
-        if resume is not None and not Path(resume).is_file():
-            raise VisionPipeError(f"checkpoint to resume from not found: {resume}")
-        if resume is not None:
-            read_checkpoint(resume, trust=trust)  # our message, before Lightning unpickles it
+        if resume is not None:  # our messages (missing, untrusted, truncated, another pipeline's) first
+            check_resume_checkpoint(resume, self.resolved, self.class_names, self.module, trust=trust)
         check_trainer(self.config, self.locations)  # a bad Trainer argument stops the fit before its run directory
-        run_dir = self._prepare(resume, record=True)
-        dm.preflight()
-        self.fit_normalizer()
-        # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
-        pl.seed_everything(self.config.seed, workers=True, verbose=False)
-        artifacts = RunArtifacts(run_dir, self.stages.get("normalization"))
-        trainer, checkpoint_cb = make_trainer(self.config, run_dir, action="fit", callbacks=[artifacts])
-        self.trainer = trainer
-        self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
-        with running(trainer, dm.num_workers), allowed_globals():
-            trainer.fit(self.module, datamodule=dm, **_ckpt_args(trainer.fit, resume, trust))
+        with self._new_run(resume):
+            run_dir = self._prepare(resume, record=True)
+            dm.preflight()
+            self.fit_normalizer()
+            # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
+            pl.seed_everything(self.config.seed, workers=True, verbose=False)
+            artifacts = RunArtifacts(run_dir, self.stages.get("normalization"))
+            trainer, checkpoint_cb = make_trainer(self.config, run_dir, action="fit", callbacks=[artifacts])
+            self.trainer = trainer
+            self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
+            with running(trainer, dm.num_workers), allowed_globals():
+                trainer.fit(self.module, datamodule=dm, **_ckpt_args(trainer.fit, resume, trust))
         self.best_checkpoint = checkpoint_cb.best_model_path or None
         metrics = artifacts.metrics
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
@@ -304,15 +322,16 @@ class Pipeline:
             raise VisionPipeError(f"checkpoint not found: {ckpt}")
         if ckpt is not None:
             read_checkpoint(ckpt, trust=trust)  # our message, before Lightning unpickles it
-        run_dir = self._prepare(ckpt, record=False)
-        artifacts = RunArtifacts(run_dir)
-        trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
-        self.trainer = trainer
-        if action == "test":
-            self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
-        run = trainer.test if action == "test" else trainer.validate
-        with running(trainer, dm.num_workers), allowed_globals():
-            run(self.module, datamodule=dm, verbose=False, **_ckpt_args(run, ckpt, trust))
+        with self._new_run(ckpt):
+            run_dir = self._prepare(ckpt, record=False)
+            artifacts = RunArtifacts(run_dir)
+            trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
+            self.trainer = trainer
+            if action == "test":
+                self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
+            run = trainer.test if action == "test" else trainer.validate
+            with running(trainer, dm.num_workers), allowed_globals():
+                run(self.module, datamodule=dm, verbose=False, **_ckpt_args(run, ckpt, trust))
         return trainer, artifacts
 
     @_action("validate")

@@ -2,7 +2,8 @@
 
 Owns the layout of ``<output_dir>/<name>/<timestamp>/``: :func:`open_run_dir`
 makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
-checkpoint belongs to; :func:`record_preflight` writes ``preflight.json``; and
+checkpoint belongs to, and :func:`discard_run_dir` removes a new one whose
+run stopped before its first training step; :func:`record_preflight` writes ``preflight.json``; and
 :class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
 strict JSON), ``plots/curves.png`` (from the CSV logs) and the normalizer's
 artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
@@ -67,13 +68,36 @@ def open_run_dir(
     """
     if is_secondary_process():
         return private_run_dir()
-    if checkpoint is not None:
-        ckpt = Path(checkpoint).resolve()
-        candidate = ckpt.parent.parent
-        if (candidate / "config.yaml").exists() and ckpt.parent.name == "checkpoints":
-            (candidate / "plots").mkdir(exist_ok=True)
-            return candidate
+    existing = run_dir_of(checkpoint)
+    if existing is not None:
+        (existing / "plots").mkdir(exist_ok=True)
+        return existing
     return new_run_dir(config, resolved, splits)
+
+
+def run_dir_of(checkpoint: str | Path | None) -> Path | None:
+    """The run directory ``checkpoint`` belongs to (``<run>/checkpoints/x.ckpt``), if it is one."""
+    if checkpoint is None:
+        return None
+    ckpt = Path(checkpoint).resolve()
+    candidate = ckpt.parent.parent
+    return candidate if (candidate / "config.yaml").exists() and ckpt.parent.name == "checkpoints" else None
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove a run directory made for a run that stopped before its first training step.
+
+    A stopped run writes nothing: its config, splits and pre-flight report are
+    repeated by the next attempt. In a multi-process run only rank 0 removes it.
+    """
+    import shutil
+
+    if not is_secondary_process():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # <output_dir>/<name>/, when this run was its only one
+        except OSError:
+            pass
 
 
 def record_preflight(
@@ -217,10 +241,12 @@ def plot_curves(csv_paths: Sequence[Path], out: Path) -> None:
 
 __all__ = [
     "RunArtifacts",
+    "discard_run_dir",
     "new_run_dir",
     "open_run_dir",
     "plot_curves",
     "record_preflight",
+    "run_dir_of",
     "scalars",
     "update_metrics_file",
 ]

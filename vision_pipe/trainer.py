@@ -2,13 +2,16 @@
 may use, and the Lightning chatter kept off the console while it runs.
 
 Owns :func:`make_trainer` (the non-finite guard of :mod:`vision_pipe.guards`,
-checkpointing, early stopping, learning-rate monitor, CSV + TensorBoard
-loggers in directories of their own, plus the callbacks the caller adds, e.g.
-:class:`vision_pipe.runs.RunArtifacts`), :func:`running` (the context every
-``trainer.fit/validate/test`` call runs in) and :func:`check_trainer` (the
-Trainer arguments checked by making a Trainer, as ``vision-pipe check`` and a
-fit do first). Warning and logging filters are scoped to those calls:
-importing vision-pipe changes no process-wide warning or logging state.
+checkpointing — best.ckpt by the monitored metric, last.ckpt after every epoch —,
+early stopping, learning-rate monitor, CSV + TensorBoard loggers in
+directories of their own, plus the callbacks the caller adds, e.g.
+:class:`vision_pipe.runs.RunArtifacts`), :class:`AtomicCheckpointIO` (every
+checkpoint written through :mod:`vision_pipe.io`'s atomic writer),
+:func:`running` (the context every ``trainer.fit/validate/test`` call runs in)
+and :func:`check_trainer` (the Trainer arguments checked by making a Trainer,
+as ``vision-pipe check`` and a fit do first). Warning and logging filters are
+scoped to those calls: importing vision-pipe changes no process-wide warning
+or logging state.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO
 
 from vision_pipe.config import PipelineConfig
 from vision_pipe.config_files import Locations
 from vision_pipe.errors import ConfigError
 from vision_pipe.guards import NonFiniteGuard
+from vision_pipe.io import atomic_torch_save
 
 #: Warnings Lightning gives for what vision-pipe does on purpose.
 _QUIET_WARNINGS = (
@@ -84,6 +89,8 @@ def make_trainer(
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from vision_pipe.resume import RandomState
+
     all_callbacks: list[Any] = []
     checkpoint_cb = None
     training = action == "fit"
@@ -94,12 +101,24 @@ def make_trainer(
             monitor=config.checkpoint.monitor,
             mode=config.checkpoint.mode,
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
         )
+        # last.ckpt: the state at the end of every finished epoch, whatever the monitored metric does
+        # (Lightning's save_last rides on the monitored callback: it is rewritten only when best improves).
+        # Written at the end of the training epoch, after validation, early stopping and best.ckpt;
+        # Lightning runs checkpoint callbacks last, in this order.
+        last_cb = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        )
         # the guard first: it checks the weights before any checkpoint of the epoch is written
-        all_callbacks += [NonFiniteGuard(config.guard.on_nonfinite), checkpoint_cb]
-        all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        all_callbacks += [NonFiniteGuard(config.guard.on_nonfinite), checkpoint_cb, last_cb]
+        all_callbacks += [LearningRateMonitor(logging_interval="epoch"), RandomState()]
         if config.early_stopping.enabled:
             es = config.early_stopping
             all_callbacks.append(
@@ -114,15 +133,37 @@ def make_trainer(
             save_dir=run_dir, name="logs", version=fresh_name(logs, f"{prefix}tensorboard"), default_hp_metric=False
         ),
     ]
+    options = dict(config.trainer)
+    plugins = options.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own checkpoint IO wins
+        plugins.append(AtomicCheckpointIO())
     with quiet_lightning():
         trainer = pl.Trainer(
-            **config.trainer,
+            **options,
+            plugins=plugins,
             callbacks=all_callbacks,
             logger=loggers,
             default_root_dir=run_dir,
             enable_checkpointing=training,
         )
     return trainer, checkpoint_cb
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files written with :func:`vision_pipe.io.atomic_torch_save`.
+
+    Lightning's own "atomic" save writes into the system's temporary folder and
+    moves the file (a copy across file systems) without an fsync: a crash can
+    leave a truncated ``last.ckpt``. Here: a temporary file next to the target,
+    fsync, rename, fsync of the folder.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, Path(path))
 
 
 #: The Trainer argument most likely at fault when Lightning's message names none.
@@ -209,4 +250,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["check_trainer", "cpu_count", "cpu_threads", "fresh_name", "make_trainer", "quiet_lightning", "running"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "check_trainer",
+    "cpu_count",
+    "cpu_threads",
+    "fresh_name",
+    "make_trainer",
+    "quiet_lightning",
+    "running",
+]
