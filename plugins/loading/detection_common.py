@@ -31,6 +31,7 @@ from vision_pipe import (
     box_problem,
     file_stamp,
     fmt_box,
+    fs_key,
     read_image,
 )
 
@@ -122,5 +123,6 @@ class DetectionSource(SampleSource, ABC):
         head = {**self.key, "annotations": {str(p): file_stamp(p) for p in self.annotation_files}}
         digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
         for path in self.images:
-            digest.update(f"\n{path}\t{file_stamp(path)}".encode())
+            # names are hashed as their bytes on disk: they need not be valid UTF-8
+            digest.update(b"\n" + fs_key(path) + f"\t{file_stamp(path)}".encode())
         return digest.hexdigest()
