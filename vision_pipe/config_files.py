@@ -148,7 +148,10 @@ def parse_yaml(text: str, where: str, locs: Locations | None = None) -> Any:
     is a :class:`ConfigError` naming ``where`` and the line, in milliseconds,
     before anything is expanded. ``where`` names the file (or the override).
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader checks the characters here already
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, where) from exc
     try:
         node = loader.get_single_node()
         if node is None:

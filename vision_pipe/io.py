@@ -214,7 +214,7 @@ def file_stamp(path: Path | None) -> str:
     """
     try:
         st = Path(path).stat() if path is not None else None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a name from an annotation file
         st = None
     return f"{st.st_size} {st.st_mtime_ns}" if st is not None else "missing"
 
