@@ -168,3 +168,26 @@ def test_fit_and_predict_out_with_a_non_utf8_file_name(tiny_config, tmp_path, mo
     records = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert records[0]["id"] == str(odd)
     assert cv2.imdecode(np.fromfile(Path(records[0]["annotated"]), np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes on Linux")
+def test_mask_folder_and_yolo_read_and_fingerprint_non_utf8_file_names(tmp_path):
+    from vision_pipe_plugins.loading.mask_folder import mask_folder
+    from vision_pipe_plugins.loading.yolo import yolo
+
+    def odd(folder: Path, suffix: str) -> Path:
+        return Path(os.fsdecode(os.fsencode(folder) + b"/\xff" + suffix.encode()))
+
+    image = np.zeros((6, 8, 3), np.uint8)
+    write_png(odd(tmp_path / "seg" / "images", ".png"), image)
+    write_png(odd(tmp_path / "seg" / "masks", ".png"), np.ones((6, 8), np.uint8))
+    source = mask_folder(tmp_path / "seg" / "images", tmp_path / "seg" / "masks", num_classes=2)
+    seg = source.load("segmentation").splits["all"]
+    assert seg[0]["mask"].max() == 1 and len(seg.fingerprint()) == 64
+
+    write_png(odd(tmp_path / "det" / "images", ".png"), image)
+    odd(tmp_path / "det" / "labels", ".txt").parent.mkdir(parents=True)
+    odd(tmp_path / "det" / "labels", ".txt").write_text("0 0.5 0.5 0.5 0.5\n", encoding="utf-8")
+    (tmp_path / "det" / "classes.txt").write_text("a\n", encoding="utf-8")
+    det = yolo(tmp_path / "det" / "images", tmp_path / "det" / "classes.txt").load("detection").splits["all"]
+    assert det[0]["boxes"].shape == (1, 4) and len(det.fingerprint()) == 64
