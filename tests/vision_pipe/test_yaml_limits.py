@@ -23,26 +23,25 @@ def test_alias_bomb_is_a_config_error_in_well_under_a_second_and_100_mb(write_ya
     text = _bomb()
     assert len(text.encode()) < 450
     path = write_yaml("bomb.yaml", text)
-    tracemalloc.start()
     start = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_yaml_with_bases(path)
+    assert time.perf_counter() - start < 1.0  # about 0.15 s
+    message = str(info.value)
+    assert message.startswith(f"{path}:") and "alias bomb" in message and "100000" in message
+    tracemalloc.start()  # measured apart: tracing makes it several times slower
     try:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ConfigError):
             load_yaml_with_bases(path)
-        elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0
     assert peak < 100 * 2**20
-    message = str(info.value)
-    assert message.startswith(f"{path}:") and "alias bomb" in message and "100000" in message
 
 
 def test_check_refuses_an_alias_bomb_with_exit_2(write_yaml, capsys):
     path = write_yaml("bomb.yaml", "base: x\n" + _bomb())
-    start = time.perf_counter()
-    assert main(["check", str(path)]) == 2
-    assert time.perf_counter() - start < 2.0
+    assert main(["check", str(path)]) == 2  # (the time bound: the test above; this one includes imports)
     err = capsys.readouterr().err
     assert f"{path}:" in err and "alias bomb" in err and "Traceback" not in err
 
