@@ -29,6 +29,7 @@ from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.data import PipelineDataModule, default_num_workers, make_splits
 from vision_pipe.errors import ChainError, ContractError, DataError, StageError, VisionPipeError
 from vision_pipe.finetune import apply_weights_and_freeze
+from vision_pipe.io import set_max_image_pixels
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS
 from vision_pipe.stages import Backbone, Features, Head, Loader, Normalizer, SampleSource, StageContext
@@ -155,6 +156,7 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
     stages: dict[str, Any] = {}
     splits: dict[str, SampleSource] = {}
     ctx = StageContext(task=task, seed=cfg.seed, input_size=cfg.data.input_size)
+    set_max_image_pixels(cfg.data.max_image_pixels)  # every image and mask read from now on (workers too)
     if from_checkpoint is None:
         loader_loc: Loc = ("data", "loader")
         loader = b.build(loader_loc, ctx, Loader, "a vision_pipe.Loader")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -333,10 +334,11 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
 
 
 def _describe(pred: Any) -> str:
-    """One line about a prediction, as its task describes it."""
+    """One line about a prediction, as its task describes it (a file name that is not valid UTF-8 shows its
+    bytes escaped, ``\\xff``: printing it as is would fail)."""
     from vision_pipe.tasks import task_of_prediction
 
-    return task_of_prediction(pred).describe(pred)
+    return os.fsencode(task_of_prediction(pred).describe(pred)).decode("utf-8", "backslashreplace")
 
 
 def _stages(manager: Any, kind: str | None, show_all: bool, markdown: bool = False) -> int:

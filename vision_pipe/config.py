@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.errors import ConfigError, StageError, did_you_mean
+from vision_pipe.io import DEFAULT_MAX_IMAGE_PIXELS
 from vision_pipe.param_types import type_str
 from vision_pipe.tasks import TASKS
 
@@ -80,6 +81,12 @@ class DataConfig(_Strict):
         "out and list it in the run's preflight.json (skip)",
     )
     boxes: BoxRules = Field(default_factory=lambda: BoxRules())
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="the most pixels (width × height) an image or mask may have; checked from the file's header "
+        "before decoding, a larger one is a bad sample naming the file (skipped under on_bad_sample: skip)",
+    )
 
     @field_validator("input_size", mode="before")
     @classmethod

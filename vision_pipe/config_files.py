@@ -73,25 +73,100 @@ class Locations:
             del self._where[key]
 
 
-def _walk(node: yaml.Node, loc: Loc, file: str, locs: Locations) -> None:
-    locs.set(loc, f"{file}:{node.start_mark.line + 1}")
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise ConfigError(
-                    f"key '{key}' appears twice (first on line {seen[key]})",
-                    location=f"{file}:{key_node.start_mark.line + 1}",
-                    key=dotted(loc + (key,)),
-                )
-            seen[key] = key_node.start_mark.line + 1
-            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
-            _walk(value_node, loc + (key,), file, locs)
-            locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, loc + (i,), file, locs)
+#: The most keys and values a YAML document may have, aliases counted every time they are used: a
+#: pipeline has a few hundred; an "alias bomb" (billion laughs) has billions in a few hundred bytes.
+MAX_YAML_NODES = 100_000
+#: The deepest nesting of mappings and lists a YAML document may have (a recursive alias has no bottom).
+MAX_YAML_DEPTH = 64
+
+
+class _Walk:
+    """One walk over a composed YAML document: the line of every key, aliases counted each time they are used."""
+
+    def __init__(self, file: str, locs: Locations) -> None:
+        self.file = file
+        self.locs = locs
+        self.nodes = 0
+
+    def _refuse(self, node: yaml.Node, loc: Loc, why: str) -> ConfigError:
+        return ConfigError(
+            f"{why}; a pipeline file is far smaller: this looks like an alias bomb (anchors '&' used through "
+            "aliases '*' that expand into each other), or a recursive alias. Write the values out, or use fewer "
+            "aliases",
+            location=f"{self.file}:{node.start_mark.line + 1}",
+            key=(dotted(loc[:8]) + (".…" if len(loc) > 8 else "")) or None,
+        )
+
+    def walk(self, node: yaml.Node, loc: Loc) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_YAML_NODES:
+            raise self._refuse(node, loc, f"the YAML document expands to more than {MAX_YAML_NODES} values")
+        if len(loc) > MAX_YAML_DEPTH:
+            raise self._refuse(node, loc, f"the YAML document nests deeper than {MAX_YAML_DEPTH} levels")
+        file, locs = self.file, self.locs
+        locs.set(loc, f"{file}:{node.start_mark.line + 1}")
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ConfigError(
+                        "a key must be a plain value (a name), not a mapping or a list",
+                        location=f"{file}:{key_node.start_mark.line + 1}",
+                        key=dotted(loc) or None,
+                    )
+                if key in seen:
+                    raise ConfigError(
+                        f"key '{key}' appears twice (first on line {seen[key]})",
+                        location=f"{file}:{key_node.start_mark.line + 1}",
+                        key=dotted(loc + (key,)),
+                    )
+                seen[key] = key_node.start_mark.line + 1
+                locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
+                self.walk(value_node, loc + (key,))
+                locs.set(loc + (key,), f"{file}:{key_node.start_mark.line + 1}")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, loc + (i,))
+
+
+def _yaml_error(exc: yaml.YAMLError, where: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    location = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    return ConfigError(f"YAML syntax error: {problem}" + (f" ({context})" if context else ""), location=location)
+
+
+def parse_yaml(text: str, where: str, locs: Locations | None = None) -> Any:
+    """The data of one YAML document (``None`` when empty), composed once and bounded.
+
+    The document is composed into nodes, walked once (recording the line of
+    every key into ``locs``; refusing more than :data:`MAX_YAML_NODES` values,
+    aliases counted each time they are used, or nesting deeper than
+    :data:`MAX_YAML_DEPTH`), then built from the same nodes — so an alias bomb
+    is a :class:`ConfigError` naming ``where`` and the line, in milliseconds,
+    before anything is expanded. ``where`` names the file (or the override).
+    """
+    try:
+        loader = yaml.SafeLoader(text)  # the reader checks the characters here already
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, where) from exc
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _Walk(where, locs if locs is not None else Locations()).walk(node, ())
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, where) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"the YAML document nests too deeply (more than {MAX_YAML_DEPTH} levels of mappings and lists)",
+            location=where,
+        ) from exc
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locations]:
@@ -105,17 +180,8 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locations]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        raise ConfigError(
-            f"YAML syntax error: {problem}" + (f" ({context})" if context else ""), location=where
-        ) from exc
+    locs = Locations()
+    data = parse_yaml(text, str(path), locs)
     if data is None:
         raise ConfigError("the file is empty; a pipeline needs at least name, data and model", location=str(path))
     if not isinstance(data, dict):
@@ -123,9 +189,6 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locations]:
             f"a pipeline file must be a mapping of keys (name, data, model, ...), not a {type(data).__name__}",
             location=str(path),
         )
-    locs = Locations()
-    assert node is not None
-    _walk(node, (), str(path), locs)
     return data, locs
 
 
@@ -198,10 +261,7 @@ def _parse_override(item: str) -> tuple[bool, list[str], Any, str]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(usage, location=where)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse the value as YAML: {exc}", location=where) from exc
+    value = parse_yaml(raw, where) if raw.strip() else None
     return delete, key.split("."), value, where
 
 
@@ -291,6 +351,9 @@ __all__ = [
     "apply_overrides",
     "deep_merge",
     "dotted",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "load_yaml_with_bases",
+    "parse_yaml",
     "read_yaml",
 ]

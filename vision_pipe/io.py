@@ -4,11 +4,14 @@ Everything here is in the public API (``from vision_pipe import list_images``)
 so that a third-party loader reads, lists and checks files exactly as the
 built-in ones do:
 
-- :func:`read_image` — any file → (H, W, 3) uint8 RGB (EXIF-aware, 8/16 bit, grey, BGRA);
+- :func:`read_image` — any file → (H, W, 3) uint8 RGB (EXIF-aware, 8/16 bit, grey, BGRA), its size
+  checked from the header against :func:`max_image_pixels` (``data.max_image_pixels``) before decoding;
+- :func:`set_max_image_pixels` / :func:`check_image_pixels` / :func:`image_header_size` — that cap;
 - :func:`list_images` — the visible image files of a folder, sorted;
 - :func:`require_dir` / :func:`require_file` — a :class:`DataError` naming the path and the fix;
 - :func:`resolve_inside` — a path an annotation file gives, kept inside its dataset folder;
-- :func:`file_stamp` — what a fingerprint records of a file (size, mtime);
+- :func:`file_stamp` — what a fingerprint records of a file (size, mtime); :func:`fs_key` — a path as
+  the bytes a fingerprint hashes (any file name, UTF-8 or not);
 - :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save` — a
   reader (or a later run) never sees a half-written file;
 - :func:`write_png` — an image or a class-id mask as a PNG, atomically;
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from vision_pipe.errors import DataError
 
@@ -58,20 +63,106 @@ def to_rgb(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
     raise DataError(f"{path}: unsupported number of channels {channels}")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; :class:`DataError` naming the file if it cannot be read."""
+#: The default of ``data.max_image_pixels``: the most pixels (width × height) an image or mask may have.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: The environment variable that carries the cap into worker processes (spawned DataLoader workers, DDP ranks).
+MAX_IMAGE_PIXELS_ENV = "VISION_PIPE_MAX_IMAGE_PIXELS"
+
+
+def _initial_max_pixels() -> int:
+    try:
+        return max(1, int(os.environ.get(MAX_IMAGE_PIXELS_ENV, DEFAULT_MAX_IMAGE_PIXELS)))
+    except ValueError:
+        return DEFAULT_MAX_IMAGE_PIXELS
+
+
+_max_pixels = _initial_max_pixels()
+
+
+def max_image_pixels() -> int:
+    """The cap :func:`read_image` (and the mask readers) apply when not given one: ``data.max_image_pixels``."""
+    return _max_pixels
+
+
+def set_max_image_pixels(pixels: int) -> int:
+    """Set the process-wide pixel cap (the pipeline applies ``data.max_image_pixels`` before loading); return the old one.
+
+    The cap also goes into the environment (:data:`MAX_IMAGE_PIXELS_ENV`), so worker
+    processes started afterwards apply it, and into Pillow's own decompression-bomb
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``), so Pillow never refuses an image the cap allows.
+    """
+    global _max_pixels
+    if pixels < 1:
+        raise ValueError(f"max_image_pixels must be >= 1, got {pixels}")
+    old, _max_pixels = _max_pixels, int(pixels)
+    os.environ[MAX_IMAGE_PIXELS_ENV] = str(_max_pixels)
+    Image.MAX_IMAGE_PIXELS = _max_pixels
+    return old
+
+
+def check_image_pixels(
+    path: str | Path, width: int, height: int, what: str = "image", max_pixels: int | None = None
+) -> None:
+    """:class:`DataError` naming the file and ``data.max_image_pixels`` if ``width × height`` exceeds the cap."""
+    cap = _max_pixels if max_pixels is None else max_pixels
+    if width * height > cap:
+        raise DataError(
+            f"{what} {path} is {width}×{height} = {width * height:,} pixels, more than data.max_image_pixels = "
+            f"{cap:,} (decoding it could take {width * height * 3 / 2**30:.1f} GiB or more): downscale or remove it, "
+            "or raise data.max_image_pixels"
+        )
+
+
+def image_header_size(path: str | Path, what: str = "image") -> tuple[int, int] | None:
+    """``(width, height)`` from the image file's header (nothing is decoded); ``None`` if Pillow cannot tell.
+
+    An image so large that Pillow refuses even to open it (a decompression bomb)
+    is a :class:`DataError` naming the file (``what`` says what it is) and ``data.max_image_pixels``.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap decides, not Pillow
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            f"{what} {path} has far more pixels than data.max_image_pixels = {_max_pixels:,} ({exc}): "
+            "downscale or remove it, or raise data.max_image_pixels"
+        ) from exc
+    except Exception:  # not an image Pillow knows: OpenCV has the last word
+        return None
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; :class:`DataError` naming the file if it cannot be read.
+
+    Its size is read from the header first: more than ``max_pixels`` (default:
+    :func:`max_image_pixels`, i.e. ``data.max_image_pixels``) pixels is a
+    :class:`DataError` before anything is decoded. Any decoder failure is a
+    :class:`DataError` naming the file too. Paths that are not valid UTF-8 work.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"cannot read image {path}: file is missing")
+    size = image_header_size(path)
+    if size is not None:
+        check_image_pixels(path, *size, max_pixels=max_pixels)
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths, unlike cv2.imread
+        data = np.fromfile(path, dtype=np.uint8)  # works for any path, unlike cv2.imread
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
-    # ANYDEPTH | ANYCOLOR keeps 16-bit and gray images and applies the EXIF orientation (UNCHANGED does not)
-    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    try:
+        # ANYDEPTH | ANYCOLOR keeps 16-bit and gray images and applies the EXIF orientation (UNCHANGED does not)
+        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    except (cv2.error, ValueError, MemoryError) as exc:
+        raise DataError(f"cannot read image {path}: the decoder failed ({exc!s:.300})") from exc
     if image is None:
         raise DataError(f"cannot read image {path}: not a valid image file ({IMAGE_EXTENSION_LIST})")
-    return to_rgb(image, path)
+    check_image_pixels(path, image.shape[1], image.shape[0], max_pixels=max_pixels)
+    try:
+        return to_rgb(image, path)
+    except cv2.error as exc:
+        raise DataError(f"cannot read image {path}: cannot convert it to RGB ({exc!s:.300})") from exc
 
 
 def is_image_file(path: Path) -> bool:
@@ -143,9 +234,15 @@ def file_stamp(path: Path | None) -> str:
     """
     try:
         st = Path(path).stat() if path is not None else None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a name from an annotation file
         st = None
     return f"{st.st_size} {st.st_mtime_ns}" if st is not None else "missing"
+
+
+def fs_key(path: str | Path) -> bytes:
+    """``path`` as the bytes it has on disk (``os.fsencode``): what to hash, since a Linux file name need not
+    be valid UTF-8 (``str(path).encode()`` would raise on it)."""
+    return os.fsencode(path)
 
 
 # ----------------------------------------------------------------------------
@@ -214,20 +311,27 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_EXTENSIONS",
     "IMAGE_EXTENSION_LIST",
+    "MAX_IMAGE_PIXELS_ENV",
     "SPLITS",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_image_pixels",
     "file_stamp",
+    "fs_key",
+    "image_header_size",
     "is_image_file",
     "list_files",
     "list_images",
+    "max_image_pixels",
     "read_image",
     "require_dir",
     "require_file",
     "resolve_inside",
+    "set_max_image_pixels",
     "to_rgb",
     "write_png",
 ]

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from vision_pipe.cache import cache_dir
 from vision_pipe.data import SubsetSource, _worker_init
 from vision_pipe.errors import DataError
-from vision_pipe.io import atomic_write_text
+from vision_pipe.io import atomic_write_text, max_image_pixels
 from vision_pipe.samples import sample_classes
 from vision_pipe.stages import SampleSource
 from vision_pipe.tasks import Task, get_task
@@ -122,6 +122,7 @@ def _key(splits: dict[str, SampleSource], task: str, num_classes: int) -> str:
             "v": _VERSION,
             "task": task,
             "classes": num_classes,
+            "max_image_pixels": max_image_pixels(),  # a lower cap may turn a good sample bad
             "splits": {k: s.fingerprint() for k, s in splits.items()},
         },
         sort_keys=True,

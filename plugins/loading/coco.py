@@ -76,6 +76,8 @@ def _read_json(path: Path, param: str) -> dict[str, Any]:
         raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg}): fix the file; {_KEYS}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read COCO annotation file {path}: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits, thousands of nested lists
+        raise DataError(f"{path}: unreadable JSON ({exc!s:.200}): fix the file; {_KEYS}") from exc
     missing = [k for k in ("images", "categories") if not isinstance(data, dict) or not isinstance(data.get(k), list)]
     if missing or not isinstance(data.get("annotations", []), list):
         got = f"keys {sorted(data)}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
@@ -166,7 +168,10 @@ def _bbox(ann: Annotation) -> tuple[list[float] | None, str | None]:
         return None, f"'bbox' is {bbox!r}; it must be [x, y, width, height] in pixels"
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in bbox):
         return None, f"'bbox' {bbox!r} holds a value that is not a number"
-    values = [float(v) for v in bbox]
+    try:
+        values = [float(v) for v in bbox]
+    except OverflowError:
+        return None, f"'bbox' {bbox!r:.200} holds a number too large for a float"
     if not all(math.isfinite(v) for v in values):
         return None, f"'bbox' {fmt_box(values)} holds a NaN or infinite value"
     if values[2] <= 0 or values[3] <= 0:

@@ -31,6 +31,7 @@ from vision_pipe import (
     box_problem,
     file_stamp,
     fmt_box,
+    fs_key,
     read_image,
     resolve_inside,
 )
@@ -138,5 +139,6 @@ class DetectionSource(SampleSource, ABC):
         digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
         for index, path in enumerate(self.images):
             stamp = "outside" if index in self.outside else file_stamp(path)
-            digest.update(f"\n{path}\t{stamp}".encode())
+            # names are hashed as their bytes on disk: they need not be valid UTF-8
+            digest.update(b"\n" + fs_key(path) + f"\t{stamp}".encode())
         return digest.hexdigest()

@@ -23,6 +23,7 @@ from vision_pipe import (
     SampleSource,
     StageError,
     file_stamp,
+    fs_key,
     hookimpl,
     list_images,
     read_image,
@@ -65,10 +66,11 @@ class ImageFolderSource(SampleSource):
         return {"image": read_image(path), "label": self.labels[index], "id": path}
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256("\n".join(self.class_names).encode())
+        # file and folder names are hashed as their bytes on disk: they need not be valid UTF-8
+        digest = hashlib.sha256(b"\n".join(fs_key(name) for name in self.class_names))
         for path in self.paths:
             rel = Path(path).relative_to(self.root).as_posix()
-            digest.update(f"\n{rel}\t{file_stamp(Path(path))}".encode())
+            digest.update(b"\n" + fs_key(rel) + f"\t{file_stamp(Path(path))}".encode())
         return digest.hexdigest()
 
 

@@ -3,18 +3,21 @@
 Not a plugin (no hooks): what :mod:`vision_pipe_plugins.loading.mask_folder`
 uses to decode one mask (with Pillow: palette PNGs keep their indices, which
 OpenCV would turn into colours) and to read a palette's colours. Every problem
-is a :class:`~vision_pipe.DataError` naming the mask file and the fix.
+— a decoder failure, or more pixels than ``data.max_image_pixels`` (checked from
+the header, before decoding) — is a :class:`~vision_pipe.DataError` naming the
+mask file and the fix.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from vision_pipe import IGNORE_INDEX, RGB, DataError
+from vision_pipe import IGNORE_INDEX, RGB, DataError, check_image_pixels, image_header_size
 
 _MAX_LISTED = 5  #: examples listed in an error message
 
@@ -52,12 +55,18 @@ class MaskReader:
 
     def _decode(self, path: Path) -> np.ndarray:
         """Raw ids (H, W): palette indices, grey values, or ids of RGB colours."""
+        size = image_header_size(path, what="mask")
+        if size is not None:
+            check_image_pixels(path, *size, what="mask")  # before decoding anything
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap above decided
+                im = Image.open(path)
+            with im:
                 im.load()
                 mode = im.mode
                 array = np.asarray(im)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # any decoder failure (OSError, SyntaxError, ValueError, bombs, ...)
             raise DataError(
                 f"cannot read mask {path}: {exc}; masks must be lossless images (PNG) of class ids: "
                 "re-export it, or remove it and its image"
@@ -110,6 +119,6 @@ def palette_colors(path: Path) -> list[RGB] | None:
             if im.mode not in ("P", "PA"):
                 return None
             flat = im.getpalette("RGB") or []
-    except (OSError, SyntaxError, ValueError):
+    except Exception:  # unreadable: the mask reader names the file when it reads it
         return None
     return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat) - 2, 3)]

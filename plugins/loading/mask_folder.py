@@ -50,6 +50,7 @@ from vision_pipe import (
     SampleSource,
     StageError,
     file_stamp,
+    fs_key,
     hookimpl,
     is_image_file,
     list_files,
@@ -213,7 +214,8 @@ class MaskFolderSource(SampleSource):
         }
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
         for pair in self.pairs:
-            digest.update(f"\n{pair.key}\t{file_stamp(pair.image)}\t{file_stamp(pair.mask)}".encode())
+            # names are hashed as their bytes on disk: they need not be valid UTF-8
+            digest.update(b"\n" + fs_key(pair.key) + f"\t{file_stamp(pair.image)}\t{file_stamp(pair.mask)}".encode())
         return digest.hexdigest()
 
 

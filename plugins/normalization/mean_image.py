@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vision_pipe import Normalizer, StageContext, StageError, hookimpl, stage
+from vision_pipe import DataError, Normalizer, StageContext, StageError, hookimpl, stage, write_png
 
 DivideBy = Literal["none", "std", "255"]
 #: A fitted std below this (in pixel units) means a constant channel; dividing by it would blow up.
@@ -134,8 +134,10 @@ class MeanImage(Normalizer):
         factor = max(1, math.ceil(_MIN_PICTURE_SIDE / min(self.input_size)))
         rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
         path = plots_dir / "mean_image.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise StageError(f"normalization stage 'mean_image': could not write {path}")
+        try:  # through a Python file (cv2.imwrite cannot write every path, e.g. names that are not UTF-8)
+            write_png(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        except (OSError, DataError) as exc:
+            raise StageError(f"normalization stage 'mean_image': could not write {path}: {exc}") from exc
         return [path]
 
     def extra_repr(self) -> str:
