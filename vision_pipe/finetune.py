@@ -96,22 +96,26 @@ def load_torch_file(path: str | Path, *, trust: bool = False, what: str = "check
         ) from None
 
 
-def read_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, trust: bool = False, to: str = "load") -> dict[str, Any]:
     """A vision-pipe checkpoint (``state_dict`` + the ``vision_pipe`` section); :class:`VisionPipeError` otherwise.
 
-    Read as weights only unless ``trust`` (see :func:`load_torch_file`).
+    Read as weights only unless ``trust`` (see :func:`load_torch_file`). ``to`` says what the
+    checkpoint is for in messages (``"load"``, ``"resume from"``).
     """
     path = Path(path)
     if not path.is_file():
-        raise VisionPipeError(f"checkpoint not found: {path}")
+        raise VisionPipeError(f"checkpoint not found: {path} (the checkpoint to {to})")
     try:
         ckpt = load_torch_file(path, trust=trust)
     except VisionPipeError:
         raise
     except Exception as exc:
-        raise VisionPipeError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise VisionPipeError(
+            f"{path}: cannot {to} this file: it is not a complete checkpoint (truncated or damaged? "
+            f"{type(exc).__name__}: {exc}); use another checkpoint of the run (e.g. best.ckpt)"
+        ) from exc
     if not isinstance(ckpt, dict) or "vision_pipe" not in ckpt or "state_dict" not in ckpt:
-        raise VisionPipeError(f"{path}: not a vision-pipe checkpoint (no 'vision_pipe' section)")
+        raise VisionPipeError(f"{path}: cannot {to} it: not a vision-pipe checkpoint (no 'vision_pipe' section)")
     return ckpt
 
 

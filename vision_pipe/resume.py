@@ -39,22 +39,10 @@ def check_resume_checkpoint(
     as weights only unless ``trust`` (see :func:`vision_pipe.finetune.load_torch_file`).
     Options that may change on a resume (trainer, data, learning rate ...) are not compared.
     """
-    from vision_pipe.finetune import load_torch_file
+    from vision_pipe.finetune import read_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise VisionPipeError(f"checkpoint to resume from not found: {path}")
-    try:
-        ckpt = load_torch_file(path, trust=trust)
-    except VisionPipeError:
-        raise
-    except Exception as exc:
-        raise VisionPipeError(
-            f"{path}: cannot resume from this file: it is not a complete checkpoint (truncated or damaged? "
-            f"{type(exc).__name__}: {exc}); resume from another checkpoint of the run (e.g. best.ckpt)"
-        ) from exc
-    if not isinstance(ckpt, dict) or "vision_pipe" not in ckpt or "state_dict" not in ckpt:
-        raise VisionPipeError(f"{path}: cannot resume: not a vision-pipe checkpoint (no 'vision_pipe' section)")
+    ckpt = read_checkpoint(path, trust=trust, to="resume from")
     missing = [k for k in _TRAINING_STATE if k not in ckpt]
     if missing:
         raise VisionPipeError(
