@@ -194,9 +194,10 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
     backbone = b.build(bb_loc, ctx, Backbone, "a vision_pipe.Backbone")
     if not getattr(backbone, "feature_info", None):
         raise StageError(f"{b.where(bb_loc)}: backbone '{cfg.model.backbone['name']}' declares no feature_info")
-    apply_weights_and_freeze(
+    weights_report, frozen = apply_weights_and_freeze(
         backbone, cfg.model.backbone, b.where(bb_loc), trust=trust, weights=from_checkpoint is None
     )
+    unfreeze_at = cfg.model.backbone.get("unfreeze_at_epoch")
     check_backbone_contract(backbone, b.label(bb_loc))
     stages["backbone"] = backbone
 
@@ -228,7 +229,9 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         checkpoint_extra={"config": b.resolved, "class_colors": class_colors},
         channels_last=cfg.model.channels_last,
         compile=cfg.model.compile,
+        unfreeze=(unfreeze_at, frozen) if unfreeze_at is not None else None,
     )
+    module.weights_report = weights_report
     datamodule = None
     if splits:
         workers = cfg.data.num_workers

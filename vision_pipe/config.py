@@ -146,11 +146,31 @@ class ModelConfig(_Strict):
         return _check_stage_spec(v)
 
 
+class BackboneEntryKeys(_Strict):
+    """The keys of ``model.backbone`` that are not the stage's parameters (see :mod:`vision_pipe.finetune`)."""
+
+    weights: str | None = Field(
+        None, description="a weights file: a vision-pipe checkpoint, or a state dict of the backbone"
+    )
+    strict: bool = Field(True, description="weights must fit the backbone exactly (false: load what matches)")
+    freeze: str | list[str] | None = Field(None, description="parameter name prefixes not trained")
+    unfreeze_at_epoch: int | None = Field(
+        None, ge=1, description="train the frozen parameters from this epoch on (0-based), at optimizer.backbone_lr"
+    )
+
+
+#: The schema of each stage kind's reserved keys (:data:`vision_pipe.registry.RESERVED_KEYS`), where they have one.
+RESERVED_SCHEMAS: dict[str, type[BaseModel]] = {"backbone": BackboneEntryKeys}
+
+
 class OptimizerConfig(_Strict):
     """Mini-batch gradient descent and its adaptive variants."""
 
     name: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "sgd"
     lr: float = Field(0.01, gt=0)
+    backbone_lr: float | None = Field(
+        None, gt=0, description="the backbone's learning rate (default: lr); the schedule scales both"
+    )
     momentum: float = Field(0.9, ge=0, description="sgd, rmsprop")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
@@ -390,8 +410,21 @@ def validate_stage_params(
         entry = registry.get(kind, name)
     except StageError as exc:
         raise ConfigError(str(exc), location=locs.find(loc + ("name",)), key=dotted(loc + ("name",))) from None
-    extras = {k: v for k, v in spec.items() if k in reserved}
+    extras = {k: v for k, v in spec.items() if k in reserved and k != "name"}
     params = {k: v for k, v in spec.items() if k not in reserved}
+    schema = RESERVED_SCHEMAS.get(kind)
+    if schema is not None:
+        try:
+            schema.model_validate(extras)
+        except pydantic.ValidationError as exc:
+            raise pydantic_to_config_error(exc, extras, locs, model=schema, prefix=loc) from None
+        if extras.get("unfreeze_at_epoch") is not None and not extras.get("freeze"):
+            raise ConfigError(
+                "unfreeze_at_epoch unfreezes the parameters that 'freeze' names, and this entry freezes none; "
+                "add freeze: [<prefixes>] or remove unfreeze_at_epoch",
+                location=locs.find(loc + ("unfreeze_at_epoch",)),
+                key=dotted(loc + ("unfreeze_at_epoch",)),
+            )
     try:
         validated = entry.validate(params)
     except ParameterError as exc:

@@ -7,24 +7,30 @@ never a pickle that names code (``torch.load(..., weights_only=True)`` with the
 allow-list :data:`CHECKPOINT_GLOBALS`; ``.safetensors`` files through
 ``safetensors``). A file that needs more is refused with a message naming what
 it asks for, unless the caller passes ``trust=True`` (``--trust-checkpoint``).
-Also owns the ``model.backbone.weights`` / ``model.backbone.freeze`` semantics
-(:func:`apply_weights_and_freeze`) and :class:`FrozenBatchNorm1d` /
-:class:`FrozenBatchNorm2d`.
+Also owns the ``model.backbone`` keys ``weights`` / ``strict`` (loading with a
+:class:`WeightsReport`), ``freeze`` (:func:`apply_weights_and_freeze`, with
+:class:`FrozenBatchNorm1d` / :class:`FrozenBatchNorm2d`) and ``unfreeze_at_epoch``
+(:class:`UnfreezeBackbone`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from vision_pipe.errors import ConfigError, StageError, VisionPipeError
+
+log = logging.getLogger("vision_pipe")
 
 #: The types a vision-pipe checkpoint holds beyond torch's own weights-only set
 #: (tensors, ``OrderedDict``, numbers, strings, lists, tuples, dicts, ``None``).
@@ -119,42 +125,129 @@ def read_checkpoint(path: str | Path, *, trust: bool = False, to: str = "load") 
     return ckpt
 
 
-def load_weights(backbone: nn.Module, weights: str | Path, where: str, *, trust: bool = False) -> None:
+#: How many keys of each kind a weights report or error names before "and N more".
+SHOWN_KEYS = 5
+
+
+def _some(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else "")
+
+
+@dataclass
+class WeightsReport:
+    """What loading a weights file into a backbone did: tensors loaded, keys missing / unexpected / of
+    another shape (``key: file shape vs backbone shape``). ``as_dict()`` is the run's ``weights.json``."""
+
+    file: str
+    strict: bool
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def summary(self) -> str:
+        """One line: ``loaded 12 tensors from f; missing: ...; unexpected: ...; shapes differ: ...``."""
+        parts = [f"loaded {self.loaded} tensor(s) from {self.file}"]
+        for what, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shapes differ", self.shape_mismatch),
+        ):
+            if keys:
+                parts.append(f"{len(keys)} {what} ({_some(keys)})")
+        return "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _backbone_state(state: Any, path: Path, where: str) -> dict[str, torch.Tensor]:
+    """The backbone's part of what a weights file holds: a checkpoint's ``backbone.*`` entries, or a plain
+    state dict (our stage's keys, or timm/torchvision-style keys; a ``module.`` prefix of DDP is dropped)."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise StageError(f"{where}: weights {path} hold no state dict (a mapping of parameter names to tensors)")
+    for prefix in ("backbone.", "module."):
+        if any(k.startswith(prefix) for k in state) and (
+            prefix == "backbone." or all(k.startswith(prefix) for k in state)
+        ):
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights(
+    backbone: nn.Module, weights: str | Path, where: str, *, trust: bool = False, strict: bool = True
+) -> WeightsReport:
     """Load a state dict (``.safetensors`` or torch), or the ``backbone.*`` part of a vision-pipe/Lightning
-    checkpoint, into ``backbone``; read as weights only unless ``trust`` (see :func:`load_torch_file`)."""
+    checkpoint, into ``backbone``; read as weights only unless ``trust`` (see :func:`load_torch_file`).
+
+    ``strict``: every backbone tensor must come from the file and every file tensor must fit, otherwise a
+    :class:`StageError` names the keys and the fix (``strict: false``). Not ``strict``: the tensors whose
+    name and shape match are loaded, the rest keep their initialization. Either way, a file of which no
+    tensor fits is an error. Returns the :class:`WeightsReport`.
+    """
     path = Path(weights)
     if not path.is_file():
         raise ConfigError(
             f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights"
         )
     try:
-        state = load_torch_file(path, trust=trust, what="weights file")
+        raw = load_torch_file(path, trust=trust, what="weights file")
     except VisionPipeError as exc:
         raise StageError(f"{where}: model.backbone.weights: {exc}") from None
     except Exception as exc:
         raise StageError(f"{where}: cannot read backbone weights {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError as exc:
-        raise StageError(f"{where}: weights {path} do not fit the backbone: {exc}") from exc
+    state = _backbone_state(raw, path, where)
+    own = backbone.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    report = WeightsReport(
+        file=str(path),
+        strict=strict,
+        loaded=len(fits),
+        missing=[k for k in own if k not in state],
+        unexpected=[k for k in state if k not in own],
+        shape_mismatch=[
+            f"{k}: {list(v.shape)} vs {list(own[k].shape)}" for k, v in state.items() if k in own and k not in fits
+        ],
+    )
+    if not fits:
+        raise StageError(
+            f"{where}: weights {path} do not fit the backbone: none of its {len(state)} tensor(s) matches a "
+            f"backbone tensor by name and shape (file: {_some(list(state))}; backbone: {_some(list(own))})"
+        )
+    if strict and not report.complete:
+        raise StageError(
+            f"{where}: weights {path} do not fit the backbone exactly: {report.summary().split('; ', 1)[1]}. "
+            f"To load the {len(fits)} matching tensor(s) and keep the rest as initialized, set "
+            "model.backbone.strict: false"
+        )
+    backbone.load_state_dict(fits, strict=False)
+    log.info("%s: backbone weights: %s", where, report.summary())
+    return report
 
 
-def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> None:
+def _matching(names: Sequence[str], prefix: str) -> set[str]:
+    return {
+        n for n in names if n == prefix or n.startswith(prefix + ".") or (prefix.endswith(".") and n.startswith(prefix))
+    }
+
+
+def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> list[str]:
     """Stop training the parameters under each dotted prefix (``"stem"``, ``"layer1.0"``);
-    batch-norm layers left without trainable parameters keep their running statistics."""
+    batch-norm layers left without trainable parameters keep their running statistics.
+    Returns the names of the frozen parameters."""
     if isinstance(prefixes, str):
         prefixes = [prefixes]
     names = [n for n, _ in backbone.named_parameters()]
+    frozen: set[str] = set()
     for prefix in prefixes:
-        matched = {
-            n
-            for n in names
-            if n == prefix or n.startswith(prefix + ".") or (prefix.endswith(".") and n.startswith(prefix))
-        }
+        matched = _matching(names, prefix)
         if not matched:
             tops = sorted({n.split(".")[0] for n in names})
             raise ConfigError(
@@ -162,20 +255,24 @@ def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> No
                 location=where.split(": ")[0],
                 key="model.backbone.freeze",
             )
-        for n, p in backbone.named_parameters():
-            if n in matched:
-                p.requires_grad_(False)
+        frozen |= matched
+    for n, p in backbone.named_parameters():
+        if n in frozen:
+            p.requires_grad_(False)
     freeze_batch_norm_statistics(backbone)
+    return [n for n in names if n in frozen]
 
 
 def apply_weights_and_freeze(
     backbone: nn.Module, spec: dict[str, Any], where: str, *, trust: bool = False, weights: bool = True
-) -> None:
-    """Apply a backbone entry's ``weights`` (a file; skipped when not ``weights``) and ``freeze``
-    (prefixes) to the built backbone; ``trust`` as in :func:`load_torch_file`."""
+) -> tuple[WeightsReport | None, list[str]]:
+    """Apply a backbone entry's ``weights`` (a file, loaded ``strict`` or not; skipped when not ``weights``)
+    and ``freeze`` (prefixes) to the built backbone; ``trust`` as in :func:`load_torch_file`.
+    Returns the weights report (``None`` without weights) and the frozen parameters' names."""
+    report = None
     if weights and spec.get("weights"):
-        load_weights(backbone, spec["weights"], where, trust=trust)
-    freeze(backbone, spec.get("freeze") or [], where)
+        report = load_weights(backbone, spec["weights"], where, trust=trust, strict=spec.get("strict", True))
+    return report, freeze(backbone, spec.get("freeze") or [], where)
 
 
 _M = TypeVar("_M", bound=nn.Module)
@@ -219,11 +316,72 @@ def freeze_batch_norm_statistics(backbone: nn.Module) -> None:
             module.eval()
 
 
+_UNFROZEN_BN: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in _FROZEN_BN.items()}
+
+
+def unfreeze_batch_norm_statistics(backbone: nn.Module) -> None:
+    """Frozen batch-norm layers with trainable parameters again update their running statistics
+    (the undoing of :func:`freeze_batch_norm_statistics`); they follow ``backbone``'s train/eval mode."""
+    for module in backbone.modules():
+        plain_class = _UNFROZEN_BN.get(type(module))
+        if plain_class is not None and any(p.requires_grad for p in module.parameters(recurse=False)):
+            module.__class__ = plain_class
+            module.train(backbone.training)
+
+
+class UnfreezeBackbone(pl.Callback):
+    """Gradual unfreezing (``model.backbone.unfreeze_at_epoch``): from ``epoch`` on (0-based), the
+    backbone parameters ``names`` (those ``freeze`` froze) are trained and their batch-norm layers
+    update their statistics again.
+
+    The parameters are in the optimizer's ``backbone`` group from the start (see
+    :meth:`vision_pipe.module.PipelineModule.param_groups`): without a gradient they are not updated
+    until then, the schedules scale that group from the first epoch like any other, and a resumed run's
+    optimizer state has the same groups whichever side of ``epoch`` it stopped on. Not with several
+    processes: DDP only synchronizes the gradients of parameters trainable when it starts.
+    """
+
+    def __init__(self, epoch: int, names: Sequence[str]) -> None:
+        self.epoch = epoch
+        self.names = list(names)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.world_size > 1:
+            raise ConfigError(
+                f"gradual unfreezing does not work with {trainer.world_size} processes (DDP synchronizes only "
+                "the parameters trainable when it starts); train on one device or remove unfreeze_at_epoch",
+                key="model.backbone.unfreeze_at_epoch",
+            )
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch < self.epoch:
+            return
+        backbone = pl_module.backbone
+        assert isinstance(backbone, nn.Module)
+        params = dict(backbone.named_parameters())
+        waiting = [n for n in self.names if not params[n].requires_grad]
+        if not waiting:
+            return
+        in_optimizer = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        absent = [n for n in waiting if id(params[n]) not in in_optimizer]
+        if absent:
+            raise VisionPipeError(
+                f"model.backbone.unfreeze_at_epoch: the optimizer does not hold the parameters to unfreeze "
+                f"({_some(absent)}); the module's configure_optimizers must use PipelineModule.param_groups()"
+            )
+        for n in waiting:
+            params[n].requires_grad_(True)
+        unfreeze_batch_norm_statistics(backbone)
+        log.info("epoch %d: %d frozen backbone parameter(s) now train", trainer.current_epoch, len(waiting))
+
+
 __all__ = [
     "CHECKPOINT_GLOBALS",
     "TRUST_HINT",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
+    "UnfreezeBackbone",
+    "WeightsReport",
     "allowed_globals",
     "apply_weights_and_freeze",
     "freeze",
@@ -231,4 +389,5 @@ __all__ = [
     "load_torch_file",
     "load_weights",
     "read_checkpoint",
+    "unfreeze_batch_norm_statistics",
 ]

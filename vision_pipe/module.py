@@ -14,6 +14,7 @@ Performance switches (``model.channels_last``, ``model.compile``; see
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from vision_pipe.config import OptimizerConfig, SchedulerConfig
+from vision_pipe.finetune import UnfreezeBackbone, WeightsReport
 from vision_pipe.guards import any_nonfinite
 from vision_pipe.stages import Backbone, Batch, Head, Normalizer
 
@@ -38,6 +40,9 @@ class PipelineModule(pl.LightningModule):
 
     ``channels_last``: the model's 4-d weights and the normalized input batch use
     the NHWC memory format (faster convolutions on GPUs with tensor cores).
+    ``unfreeze``: ``(epoch, names)`` of ``unfreeze_at_epoch``: the named (frozen) backbone parameters
+    are in the optimizer's ``backbone`` group from the start and train from that epoch on
+    (:class:`~vision_pipe.finetune.UnfreezeBackbone`).
     ``compile``: ``False``, or a ``torch.compile`` mode (``True`` = ``"default"``)
     with which the backbone is compiled in place when a Trainer sets the module up
     (parameter names, hence checkpoints, are unchanged).
@@ -58,6 +63,7 @@ class PipelineModule(pl.LightningModule):
         *,
         channels_last: bool = False,
         compile: bool | str = False,
+        unfreeze: tuple[int, Sequence[str]] | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -78,6 +84,10 @@ class PipelineModule(pl.LightningModule):
         #: set by :class:`vision_pipe.guards.NonFiniteGuard`: skip batches whose loss is NaN/inf (and count them)
         self.skip_nonfinite = False
         self.skipped_batches = 0
+        #: ``(epoch, names)``: the frozen backbone parameters trained from that epoch on (``unfreeze_at_epoch``)
+        self.unfreeze_plan = (unfreeze[0], list(unfreeze[1])) if unfreeze is not None else None
+        #: what loading ``model.backbone.weights`` did (the run's ``weights.json``); set by the build
+        self.weights_report: WeightsReport | None = None
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -211,9 +221,35 @@ class PipelineModule(pl.LightningModule):
 
     # -- optimization -------------------------------------------------------
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups.
+
+        One group of every trainable parameter at ``optimizer.lr``, unless ``optimizer.backbone_lr`` or
+        ``unfreeze_at_epoch`` is set: then a ``backbone`` group (at ``backbone_lr``, default ``lr``; with
+        the frozen parameters to be unfrozen, which get no gradient, hence no update, until then) and a
+        ``head`` group (everything else: the head and a learned normalization). Empty groups are left out.
+        """
+        cfg = self.optimizer_config
+        if cfg.backbone_lr is None and self.unfreeze_plan is None:
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        later = set(self.unfreeze_plan[1]) if self.unfreeze_plan is not None else set()
+        backbone = [p for n, p in self.backbone.named_parameters() if p.requires_grad or n in later]
+        in_backbone = {id(p) for p in self.backbone.parameters()}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
+        groups = [
+            {"name": "backbone", "params": backbone, "lr": cfg.backbone_lr or cfg.lr},
+            {"name": "head", "params": head, "lr": cfg.lr},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`~vision_pipe.finetune.UnfreezeBackbone` for ``unfreeze_at_epoch``."""
+        if self.unfreeze_plan is None:
+            return []
+        return [UnfreezeBackbone(*self.unfreeze_plan)]
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = make_optimizer(params, self.optimizer_config)
+        optimizer = make_optimizer(self.param_groups(), self.optimizer_config)
         scheduler = make_scheduler(optimizer, self.scheduler_config, self.trainer.max_epochs)
         if scheduler is None:
             return optimizer
@@ -228,8 +264,9 @@ class PipelineModule(pl.LightningModule):
         checkpoint["vision_pipe"] = {**self.checkpoint_extra, "class_names": self.class_names}
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam, AdamW, RMSProp or AdaGrad from the config."""
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam, AdamW, RMSProp or AdaGrad from the config, over parameters or
+    parameter groups (a group's own ``lr`` wins over ``cfg.lr``)."""
     wd = cfg.weight_decay
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
@@ -245,7 +282,10 @@ def make_optimizer(params: list[nn.Parameter], cfg: OptimizerConfig) -> torch.op
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_epochs: int | None) -> Any:
-    """Reduce-on-plateau, step or cosine (with optional linear warm-up); ``None`` for ``none``."""
+    """Reduce-on-plateau, step or cosine (with optional linear warm-up); ``None`` for ``none``.
+
+    Each scales every parameter group's rate by the same factor; the cosine's floor ``min_lr`` is
+    the same rate for every group (a group whose rate is below it stays at its rate)."""
     if cfg.name == "none":
         return None
     if cfg.name == "plateau":
@@ -257,12 +297,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_e
     total = max(1, max_epochs or 1)
     warm = cfg.warmup_epochs
 
-    def factor(epoch: int) -> float:
+    def factor(base: float, epoch: int) -> float:
         if epoch < warm:
             return (epoch + 1) / (warm + 1)
         progress = (epoch - warm) / max(1, total - warm)
-        base = optimizer.defaults["lr"]
-        floor = cfg.min_lr / base if base > 0 else 0.0
+        floor = min(1.0, cfg.min_lr / base) if base > 0 else 0.0
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(factor, base) for base in bases])

@@ -33,7 +33,7 @@ RESERVED_KEYS: dict[str, tuple[str, ...]] = {
     "loading": ("name",),
     "normalization": ("name",),
     "augmentation": ("name",),
-    "backbone": ("name", "weights", "freeze"),
+    "backbone": ("name", "weights", "strict", "freeze", "unfreeze_at_epoch"),
     "head": ("name",),
 }
 

@@ -5,7 +5,7 @@ makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
 checkpoint belongs to, and :func:`discard_run_dir` removes a new one whose
 run stopped before its first training step; :func:`record_preflight` writes ``preflight.json``; and
 :class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
-strict JSON), ``plots/curves.png`` (from the CSV logs) and the normalizer's
+strict JSON), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs) and the normalizer's
 artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
 a run fails half-way, so the finished epochs keep their metrics and curves.
 Every file is written atomically.
@@ -130,6 +130,8 @@ class RunArtifacts(pl.Callback):
     - end of a fit, or a fit that fails: the last logged metrics (and
       ``fit/epochs``) merged into ``metrics.json``, ``plots/curves.png`` from
       the CSV logs of every fit of the run, the normalizer's artifacts;
+    - start of a fit whose backbone was loaded from ``model.backbone.weights``: ``weights.json``,
+      what the loading did (:class:`vision_pipe.finetune.WeightsReport`);
     - end of a test: the test metrics (the head's summary and the logged
       ``test/...``) merged into ``metrics.json``.
 
@@ -140,6 +142,11 @@ class RunArtifacts(pl.Callback):
         self.run_dir = run_dir
         self.normalizer = normalizer
         self.metrics: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        report = getattr(pl_module, "weights_report", None)
+        if report is not None and trainer.is_global_zero:
+            atomic_write_text(self.run_dir / "weights.json", json.dumps(report.as_dict(), indent=2))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_fit(trainer)
