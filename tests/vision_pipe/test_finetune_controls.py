@@ -4,6 +4,7 @@ schedule, and the report (or error) of loading backbone weights, strict or not."
 from __future__ import annotations
 
 import json
+import types
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from vision_pipe import Pipeline, VisionPipeError
 from vision_pipe.config import OptimizerConfig, SchedulerConfig
-from vision_pipe.finetune import FrozenBatchNorm2d
+from vision_pipe.finetune import FrozenBatchNorm2d, UnfreezeBackbone
 from vision_pipe.module import make_optimizer, make_scheduler
 
 
@@ -218,3 +219,11 @@ def test_backbone_entry_keys_are_checked(tiny_config, entry, message):
     tiny_config["model"]["backbone"].update(entry)
     with pytest.raises(VisionPipeError, match=message):
         Pipeline.from_dict(tiny_config)
+
+
+def test_unfreezing_is_refused_with_several_processes():
+    callback = UnfreezeBackbone(1, ["stage1.convs.0.weight"])
+    trainer = types.SimpleNamespace(world_size=2)
+    with pytest.raises(VisionPipeError, match=r"model\.backbone\.unfreeze_at_epoch: .*2 processes"):
+        callback.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    callback.setup(types.SimpleNamespace(world_size=1), None, "fit")  # type: ignore[arg-type]
