@@ -23,6 +23,7 @@ from vision_pipe.errors import (
     VisionPipeError,
     did_you_mean,
 )
+from vision_pipe.finetune import load_weights_file
 from vision_pipe.hookspecs import hookimpl
 from vision_pipe.io import (
     IMAGE_EXTENSION_LIST,
@@ -139,6 +140,7 @@ __all__ = [
     "is_image_file",
     "list_files",
     "list_images",
+    "load_weights_file",
     "max_image_pixels",
     "parse_classes",
     "read_class_file",

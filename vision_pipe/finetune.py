@@ -143,6 +143,32 @@ def load_weights(backbone: nn.Module, weights: str | Path, where: str, *, trust:
         raise StageError(f"{where}: weights {path} do not fit the backbone: {exc}") from exc
 
 
+def load_weights_file(path: str | Path, *, trust: bool = False, what: str = "weights file") -> dict[str, Any]:
+    """A state dict read from a ``.safetensors`` or torch file, as weights only unless ``trust``.
+
+    For plugins that load a library's own weight files (timm's, torchvision's): the file
+    is read by :func:`load_torch_file` (no code runs unless ``trust``); a file holding
+    ``{"state_dict": ...}`` or ``{"model": ...}`` gives that dict. Raises
+    :class:`StageError` naming the file: not found, unreadable, refused (with the
+    reason and ``--trust-checkpoint``), or not a mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"{what} not found: {path}")
+    try:
+        state = load_torch_file(path, trust=trust, what=what)
+    except VisionPipeError as exc:
+        raise StageError(str(exc)) from None
+    except Exception as exc:
+        raise StageError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StageError(f"{path}: not a {what}: expected a mapping of parameter names to tensors (a state dict)")
+    return dict(state)
+
+
 def freeze(backbone: nn.Module, prefixes: str | Sequence[str], where: str) -> None:
     """Stop training the parameters under each dotted prefix (``"stem"``, ``"layer1.0"``);
     batch-norm layers left without trainable parameters keep their running statistics."""
@@ -230,5 +256,6 @@ __all__ = [
     "freeze_batch_norm_statistics",
     "load_torch_file",
     "load_weights",
+    "load_weights_file",
     "read_checkpoint",
 ]
