@@ -13,7 +13,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from vision_pipe import ChainError, Pipeline, StageError
+from vision_pipe import ChainError, Pipeline, StageError, load_weights_file
 from vision_pipe.cli import main
 from vision_pipe.registry import make_entry
 from vision_pipe.testing import check_backbone
@@ -71,17 +71,17 @@ def test_odd_sizes_round_up_for_a_model_that_rounds_down() -> None:
 
 def test_timm_weights_from_a_file_give_the_source_models_outputs(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    source = timm.create_model("resnet18").eval()
+    source = timm.create_model("resnet10t").eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = source.forward_features(x)  # layer4: stride 32
-    save_file(source.state_dict(), str(tmp_path / "r18.safetensors"))
-    torch.save(source.state_dict(), tmp_path / "r18.pth")
-    for name in ("r18.safetensors", "r18.pth"):
-        backbone = _build(timm_backbone, model="resnet18", pretrained=str(tmp_path / name))
+    save_file(source.state_dict(), str(tmp_path / "r10t.safetensors"))
+    torch.save(source.state_dict(), tmp_path / "r10t.pth")
+    for name in ("r10t.safetensors", "r10t.pth"):
+        backbone = _build(timm_backbone, model="resnet10t", pretrained=str(tmp_path / name))
         with torch.no_grad():
             assert torch.equal(backbone(x).maps["stage5"], expected), name
-    fresh = _build(timm_backbone, model="resnet18")
+    fresh = _build(timm_backbone, model="resnet10t")
     with torch.no_grad():
         assert not torch.equal(fresh(x).maps["stage5"], expected)
 
@@ -117,6 +117,31 @@ def test_errors_name_the_fix(tmp_path: Path) -> None:
         _build(torchvision_backbone, model="resnet18", pretrained="IMAGENET2K_V1")
 
 
+class _RunsCode:
+    """Unpickling this creates ``marker``: what a hostile weights file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_pretrained_files_are_read_as_weights_only(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _RunsCode(marker)}, hostile)
+    for factory in (timm_backbone, torchvision_backbone):
+        with pytest.raises(StageError, match=r"hostile.pth: refusing to load .*--trust-checkpoint"):
+            _build(factory, model="resnet18", pretrained=str(hostile))
+    assert not marker.exists()
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "wrapped.pt")
+    assert list(load_weights_file(tmp_path / "wrapped.pt")) == ["w"]
+    torch.save({"w": "text"}, tmp_path / "odd.pt")
+    with pytest.raises(StageError, match=r"odd.pt: not a weights file: expected a mapping of parameter names"):
+        load_weights_file(tmp_path / "odd.pt")
+
+
 # ----------------------------------------------------------------------------
 # under the three heads
 # ----------------------------------------------------------------------------
@@ -140,10 +165,13 @@ RUNS = [
     ("segmentation", {"name": "timm", "model": "mobilenetv3_small_050"}, {"name": "fcn", "upsample": "transposed"}),
     ("segmentation", {"name": "torchvision", "model": "vgg11"}, {"name": "fcn", "upsample": "unpool"}),
     ("detection", {"name": "torchvision", "model": "resnet18"}, {"name": "ssd", "extra_channels": 8}),
+    ("detection", {"name": "timm", "model": "mobilenetv3_small_050"}, {"name": "ssd", "extra_channels": 8}),
 ]
 
 
-@pytest.mark.parametrize(("task", "backbone", "head"), RUNS, ids=[f"{b['model']}-{h['name']}" for _, b, h in RUNS])
+@pytest.mark.parametrize(
+    ("task", "backbone", "head"), RUNS, ids=[f"{b['name']}-{b['model']}-{h['name']}" for _, b, h in RUNS]
+)
 def test_one_epoch_fit_under_each_head(tiny_config, task: str, backbone: dict, head: dict) -> None:
     pipe = Pipeline.from_dict(_config(tiny_config, task, backbone, head))
     metrics = pipe.fit()
