@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vision_pipe.checkpoints import load_weights_file
 from vision_pipe.classes import RGB, ClassSpec, parse_classes, read_class_file, voc_palette
 from vision_pipe.errors import (
     ChainError,
@@ -139,6 +140,7 @@ __all__ = [
     "is_image_file",
     "list_files",
     "list_images",
+    "load_weights_file",
     "max_image_pixels",
     "parse_classes",
     "read_class_file",

@@ -142,7 +142,7 @@ def build_pipeline(
     (and colours) replace the loader, which is neither built nor run, and there
     are no splits and no datamodule, and ``model.backbone.weights`` is not read (the
     checkpoint's own weights replace it). ``trust``: read the backbone weights in full,
-    not as weights only (see :func:`vision_pipe.finetune.load_torch_file`). Weight initialization is seeded with
+    not as weights only (see :func:`vision_pipe.checkpoints.load_torch_file`). Weight initialization is seeded with
     ``config.seed`` without disturbing the caller's random state.
     """
     with torch.random.fork_rng(devices=[]):

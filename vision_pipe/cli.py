@@ -6,6 +6,7 @@
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
+    vision-pipe backbones [PATTERN] [--pretrained]
 
 Checkpoints and weight files are read as weights only (never code);
 ``--trust-checkpoint`` reads them in full, for files you trust.
@@ -129,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, overrides=False)
 
     p = sub.add_parser(
+        "backbones",
+        help="list the library models a backbone stage can build (timm, torchvision)",
+        description="List the models of every backbone stage that offers a list (timm's and torchvision's), "
+        "optionally only those matching a shell-style PATTERN (e.g. 'resnet*', '*convnext*'; case-insensitive).",
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'resnet*' (default: all)")
+    p.add_argument(
+        "--pretrained", action="store_true", help="only models with pretrained weights (names with their tags)"
+    )
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser(
         "plugins",
         help="list loaded plugins and their stages",
         description="List loaded plugins with package, version and the stages each provides.",
@@ -225,11 +238,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
-    if command in ("stages", "plugins"):
+    if command in ("stages", "plugins", "backbones"):
         manager = _manager(args)
         manager.check_disabled()
         if command == "stages":
             return _stages(manager, args.kind, args.all, args.markdown)
+        if command == "backbones":
+            return _backbones(manager, args.pattern, args.pretrained)
         return _plugins(manager)
 
     from vision_pipe.pipeline import Pipeline
@@ -366,6 +381,23 @@ def _stages(manager: Any, kind: str | None, show_all: bool, markdown: bool = Fal
             print(f"      {p.name}: {p.type_str()} {default}")
     if kind is None and not show_all:
         print("\n(augmentation parameters: vision-pipe stages --kind augmentation)")
+    return 0
+
+
+def _backbones(manager: Any, pattern: str, pretrained: bool) -> int:
+    """Models of each backbone stage whose factory has ``list_models(pattern, pretrained=...)``."""
+    listed = False
+    for entry in manager.registry.entries("backbone"):
+        list_models = getattr(entry.factory, "list_models", None)
+        if list_models is None:
+            continue
+        listed = True
+        names = list(list_models(pattern, pretrained=pretrained))
+        print(f"backbone '{entry.name}': {len(names)} model(s) matching {pattern!r}")
+        for name in names:
+            print(f"  {name}")
+    if not listed:
+        raise VisionPipeError("no backbone stage offers a list of models (the 'timm' and 'torchvision' stages do)")
     return 0
 
 

@@ -1,13 +1,8 @@
-"""Fine-tuning: reading weight files, loading them into a backbone, freezing parameters
-and the batch-norm statistics of frozen layers.
+"""Fine-tuning: loading weights into a backbone, freezing parameters and the batch-norm
+statistics of frozen layers, unfreezing them later.
 
-Owns the one place where vision-pipe reads a torch file (:func:`load_torch_file`:
-backbone ``weights`` and checkpoints) — as *weights only*: tensors and plain data,
-never a pickle that names code (``torch.load(..., weights_only=True)`` with the
-allow-list :data:`CHECKPOINT_GLOBALS`; ``.safetensors`` files through
-``safetensors``). A file that needs more is refused with a message naming what
-it asks for, unless the caller passes ``trust=True`` (``--trust-checkpoint``).
-Also owns the ``model.backbone`` keys ``weights`` / ``strict`` (loading with a
+Files are read by :mod:`vision_pipe.checkpoints` (weights only unless trusted). Owns
+the ``model.backbone`` keys ``weights`` / ``strict`` (loading with a
 :class:`WeightsReport`), ``freeze`` (:func:`apply_weights_and_freeze`, with
 :class:`FrozenBatchNorm1d` / :class:`FrozenBatchNorm2d`) and ``unfreeze_at_epoch``
 (:class:`UnfreezeBackbone`).
@@ -15,11 +10,8 @@ Also owns the ``model.backbone`` keys ``weights`` / ``strict`` (loading with a
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import pickle
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,104 +20,11 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from vision_pipe.checkpoints import load_torch_file
 from vision_pipe.errors import ConfigError, StageError, VisionPipeError
 
 log = logging.getLogger("vision_pipe")
 
-#: The types a vision-pipe checkpoint holds beyond torch's own weights-only set
-#: (tensors, ``OrderedDict``, numbers, strings, lists, tuples, dicts, ``None``).
-#: Lightning's loop/callback/optimizer/scheduler state and our ``vision_pipe``
-#: section are all plain data today (checked for every optimizer and schedule, and
-#: bf16-mixed, with torch 2.14 / Lightning 2.6), so the list is empty;
-#: ``tests/vision_pipe/test_trust.py`` checks a real checkpoint against it and fails
-#: the day one needs more.
-CHECKPOINT_GLOBALS: tuple[Any, ...] = ()
-
-TRUST_HINT = (
-    "if you trust where it came from, pass --trust-checkpoint (Python: trust=True) to load it in full — "
-    "unpickling runs whatever code the file names"
-)
-
-
-@contextlib.contextmanager
-def allowed_globals() -> Iterator[None]:
-    """Within this block, weights-only loads (ours and Lightning's) also accept :data:`CHECKPOINT_GLOBALS`."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if not CHECKPOINT_GLOBALS or safe_globals is None:
-        yield
-        return
-    with safe_globals(list(CHECKPOINT_GLOBALS)):
-        yield
-
-
-def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
-    """What a refused file asks for, read from its pickle without running it (or from torch's message)."""
-    try:
-        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:
-        found = []
-    return found or re.findall(r"GLOBAL ([\w.]+)", str(exc))
-
-
-def load_torch_file(path: str | Path, *, trust: bool = False, what: str = "checkpoint") -> Any:
-    """Read a weights file or checkpoint onto the CPU, as weights only unless ``trust``.
-
-    ``.safetensors`` files are read with ``safetensors`` (tensors only, never code).
-    Anything else goes through ``torch.load(weights_only=True)`` with
-    :data:`CHECKPOINT_GLOBALS` allowed; a file whose pickle names other code is
-    refused with a :class:`VisionPipeError` naming the file, what it asks for and
-    ``--trust-checkpoint``. ``trust=True`` unpickles in full (only for files you trust).
-    Other read errors propagate (the callers name the file).
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    if trust:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        with allowed_globals():
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise
-        asks = ", ".join(_unsafe_globals(path, exc))
-        if asks:
-            why = f"it asks for {asks}, not tensors or plain data, so reading it could run code"
-        else:
-            detail = re.search(r"Unsupported [^\n]*?(?=\.?\n|\.?$)", str(exc))
-            why = "it cannot be read as tensors and plain data" + (f" ({detail.group(0)})" if detail else "")
-        raise VisionPipeError(
-            f"{path}: refusing to load this {what}: {why}. "
-            f"vision-pipe reads checkpoints and weights as weights only; {TRUST_HINT}"
-        ) from None
-
-
-def read_checkpoint(path: str | Path, *, trust: bool = False, to: str = "load") -> dict[str, Any]:
-    """A vision-pipe checkpoint (``state_dict`` + the ``vision_pipe`` section); :class:`VisionPipeError` otherwise.
-
-    Read as weights only unless ``trust`` (see :func:`load_torch_file`). ``to`` says what the
-    checkpoint is for in messages (``"load"``, ``"resume from"``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise VisionPipeError(f"checkpoint not found: {path} (the checkpoint to {to})")
-    try:
-        ckpt = load_torch_file(path, trust=trust)
-    except VisionPipeError:
-        raise
-    except Exception as exc:
-        raise VisionPipeError(
-            f"{path}: cannot {to} this file: it is not a complete checkpoint (truncated or damaged? "
-            f"{type(exc).__name__}: {exc}); use another checkpoint of the run (e.g. best.ckpt)"
-        ) from exc
-    if not isinstance(ckpt, dict) or "vision_pipe" not in ckpt or "state_dict" not in ckpt:
-        raise VisionPipeError(f"{path}: cannot {to} it: not a vision-pipe checkpoint (no 'vision_pipe' section)")
-    return ckpt
-
-
-#: How many keys of each kind a weights report or error names before "and N more".
 SHOWN_KEYS = 5
 
 
@@ -376,18 +275,13 @@ class UnfreezeBackbone(pl.Callback):
 
 
 __all__ = [
-    "CHECKPOINT_GLOBALS",
-    "TRUST_HINT",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
     "UnfreezeBackbone",
     "WeightsReport",
-    "allowed_globals",
     "apply_weights_and_freeze",
     "freeze",
     "freeze_batch_norm_statistics",
-    "load_torch_file",
     "load_weights",
-    "read_checkpoint",
     "unfreeze_batch_norm_statistics",
 ]

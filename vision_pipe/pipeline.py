@@ -28,12 +28,12 @@ import pytorch_lightning as pl
 
 from vision_pipe.build import CheckpointClasses, build_pipeline
 from vision_pipe.cache import fit_normalizer
+from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 from vision_pipe.data import PipelineDataModule
 from vision_pipe.distributed import wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
-from vision_pipe.finetune import allowed_globals, read_checkpoint
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
 from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight

@@ -36,10 +36,10 @@ def check_resume_checkpoint(
     """Raise a :class:`VisionPipeError` naming ``path`` unless a fit of this pipeline can resume from it.
 
     ``resolved`` is the pipeline's resolved config, ``model`` its LightningModule; the file is read
-    as weights only unless ``trust`` (see :func:`vision_pipe.finetune.load_torch_file`).
+    as weights only unless ``trust`` (see :func:`vision_pipe.checkpoints.load_torch_file`).
     Options that may change on a resume (trainer, data, learning rate ...) are not compared.
     """
-    from vision_pipe.finetune import read_checkpoint
+    from vision_pipe.checkpoints import read_checkpoint
 
     path = Path(path)
     ckpt = read_checkpoint(path, trust=trust, to="resume from")

@@ -294,7 +294,8 @@ def fcn(
     if upsample == "unpool" and "pool_indices" not in context.backbone_provides:
         raise ChainError(
             f"head 'fcn': upsample 'unpool' needs max-pooling indices, which backbone "
-            f"'{context.backbone_name}' does not provide; backbones providing pool indices (e.g. 'vgg') can, "
+            f"'{context.backbone_name}' does not provide; backbones providing pool indices ('vgg', or 'torchvision' "
+            f"with a VGG model such as vgg16_bn) can, "
             f"or use upsample 'transposed' or 'bilinear'"
         )
     needed = _SCORE_SKIPS.get(skips, 0) + 1

@@ -24,8 +24,8 @@ import torch
 import yaml
 
 from vision_pipe import Pipeline, StageError, VisionPipeError
+from vision_pipe.checkpoints import CHECKPOINT_GLOBALS
 from vision_pipe.cli import main
-from vision_pipe.finetune import CHECKPOINT_GLOBALS
 
 
 class RunsCode:
