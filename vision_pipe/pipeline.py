@@ -385,6 +385,18 @@ class Pipeline:
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
+    @_action("export")
+    def export(
+        self, out_dir: str | Path, *, format: str = "onnx", opset: int | None = None, dynamic_batch: bool = False
+    ) -> Path:
+        """Write ``out_dir/model.onnx`` (uint8 (N, H, W, 3) RGB images at ``data.input_size`` in; normalization,
+        model and the head's decoding inside) and ``out_dir/model.json``; return the model's path.
+        See :mod:`vision_pipe.export` (needs the ``export`` extra: ``pip install "vision-pipe[export]"``)."""
+        from vision_pipe.export import DEFAULT_OPSET, export_pipeline
+
+        opset = DEFAULT_OPSET if opset is None else opset
+        return export_pipeline(self, out_dir, format=format, opset=opset, dynamic_batch=dynamic_batch)
+
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,
         read as weights only unless ``trust`` (files you trust only)."""

@@ -405,6 +405,21 @@ class Head(nn.Module, ABC):
         """
         return outputs
 
+    def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
+        """Raw ``outputs`` → what an exported model returns, by output name, in order (``vision-pipe export``).
+
+        Traced into the exported graph, so tensor operations only (no Python loop over
+        images, no ``.item()``/numpy). Default, from the task: classification
+        ``{"probabilities": softmax (B, C) float32}``; segmentation ``{"class_ids":
+        argmax (B, H, W) int64}`` at the input size. A head whose raw outputs are not
+        the task's logits (e.g. a detector: boxes, scores, labels after NMS, padded,
+        with a count) implements this to be exportable; without it, exporting raises
+        ``NotImplementedError``, which the export turns into a message naming the head.
+        """
+        from vision_pipe.tasks import get_task
+
+        return get_task(self.task).export_outputs(outputs)
+
     def make_metrics(self) -> torchmetrics.MetricCollection:
         """A fresh metric collection (one per split is made): the task's, for :attr:`num_classes`."""
         num_classes = getattr(self, "num_classes", None)
