@@ -5,7 +5,10 @@ of uint8 RGB images (N, H, W, 3) at the pipeline's ``data.input_size`` — and
 contains the normalization stage as trained (mean image or channel statistics),
 the backbone, the head and the head's export-time decoding
 (:meth:`vision_pipe.stages.Head.export_outputs`): classification gives
-``probabilities`` (N, C) float32, segmentation ``class_ids`` (N, H, W) int64.
+``probabilities`` (N, C) float32, segmentation ``class_ids`` (N, H, W) int64,
+detection heads what they implement (the ``ssd`` head: ``boxes``, ``scores``,
+``labels`` after per-class NMS — ONNX's own ``NonMaxSuppression`` — padded to
+``detections_per_img``, and ``count``).
 Beside it, ``model.json`` (:func:`model_info`) says what the graph is: task,
 class names and colours, input size and layout, output names, the normalization,
 the vision-pipe version and the resolved pipeline config. The torch-free reader of
@@ -59,12 +62,13 @@ class ExportModel(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         outputs = self.module(images.permute(0, 3, 1, 2))
-        return tuple(self.head.export_outputs(outputs).values())
+        return tuple(self.head.export_outputs(outputs, (images.shape[1], images.shape[2])).values())
 
     def output_names(self, example: Tensor) -> list[str]:
         """The names of :meth:`forward`'s outputs, in order (from one run on ``example``)."""
         with torch.no_grad():
-            return list(self.head.export_outputs(self.module(example.permute(0, 3, 1, 2))))
+            outputs = self.module(example.permute(0, 3, 1, 2))
+            return list(self.head.export_outputs(outputs, (example.shape[1], example.shape[2])))
 
 
 def export_pipeline(

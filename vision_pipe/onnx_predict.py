@@ -5,7 +5,8 @@
 size as training did (bilinear, OpenCV), runs ONNX Runtime and turns the graph's
 outputs into the task's prediction types (:mod:`vision_pipe.results`), in
 original-image coordinates (segmentation masks resized back by nearest neighbour
-sampled at pixel centres, like the heads' ``decode``). :meth:`OnnxPredictor.write`
+sampled at pixel centres, like the heads' ``decode``; detection boxes scaled, the
+first ``count`` of the padded detections). :meth:`OnnxPredictor.write`
 writes the same files as checkpoint prediction (:func:`vision_pipe.render.write_predictions`).
 
 Imports only numpy, OpenCV, onnxruntime and vision-pipe modules that import no
@@ -25,7 +26,7 @@ import numpy as np
 
 from vision_pipe.errors import DataError, VisionPipeError
 from vision_pipe.io import read_image
-from vision_pipe.results import ClassificationPrediction, Prediction, SegmentationPrediction
+from vision_pipe.results import ClassificationPrediction, DetectionPrediction, Prediction, SegmentationPrediction
 
 #: The ``model.json`` layout this reader understands (:data:`vision_pipe.export.MODEL_JSON_FORMAT`).
 MODEL_JSON_FORMAT = 1
@@ -162,6 +163,21 @@ def _centres(out: int, size: int) -> np.ndarray:
     return np.minimum(np.floor((np.arange(out) + 0.5) * (size / out)).astype(np.int64), size - 1)
 
 
-_DECODERS = {"classification": _classification, "segmentation": _segmentation}
+def _detection(p: OnnxPredictor, image_id: str, size: tuple[int, ...], outputs: list[np.ndarray]) -> Prediction:
+    """``boxes`` (K, 4) in input pixels, ``scores``, ``labels``, ``count`` → the first ``count``, in original pixels."""
+    boxes, scores, labels, count = outputs[0], outputs[1], outputs[2], int(outputs[3])
+    (h, w), (in_h, in_w) = size[:2], p.input_size
+    scale = np.array([w / in_w, h / in_h, w / in_w, h / in_h], np.float32)
+    labels = labels[:count].astype(np.int64)
+    return DetectionPrediction(
+        id=image_id,
+        boxes=(boxes[:count].astype(np.float32) * scale).reshape(-1, 4),
+        labels=labels,
+        scores=scores[:count].astype(np.float32),
+        class_names=[p.class_names[int(i)] for i in labels],
+    )
+
+
+_DECODERS = {"classification": _classification, "segmentation": _segmentation, "detection": _detection}
 
 __all__ = ["OnnxPredictor", "read_model_info", "resize_image", "resize_mask"]

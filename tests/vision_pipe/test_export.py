@@ -33,7 +33,7 @@ TINY_RUN = [
 ]
 
 
-@pytest.fixture(scope="module", params=["classification", "segmentation"])
+@pytest.fixture(scope="module", params=["classification", "segmentation", "detection"])
 def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pipeline, Path]:
     """A shipped shapes pipeline trained one epoch at 32×32, and its best checkpoint."""
     runs = tmp_path_factory.mktemp("runs")
@@ -61,10 +61,29 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.stack([source[i]["image"] for i in range(n)])
 
 
+def _same_detections(got: list[np.ndarray], want: list[dict[str, torch.Tensor]]) -> None:
+    """ONNX Runtime's padded detections (boxes, scores, labels, count) are the head's, one to one:
+    same label, IoU ≥ 0.99, scores within 1e-3."""
+    from torchvision.ops import box_iou
+
+    boxes, scores, labels, counts = got
+    for i, ref in enumerate(want):
+        n = int(counts[i])
+        assert n == len(ref["scores"]) and (labels[i, n:] == -1).all() and (scores[i, n:] == 0).all()
+        iou = box_iou(ref["boxes"], torch.from_numpy(boxes[i, :n])).numpy()  # [ref, got]
+        close = np.abs(ref["scores"].numpy()[:, None] - scores[i, :n][None, :]) <= 1e-3
+        same = (ref["labels"].numpy()[:, None] == labels[i, :n][None, :]) & close & (iou >= 0.99)
+        used: set[int] = set()
+        for r in range(n):
+            match = next((g for g in np.flatnonzero(same[r]) if g not in used), None)
+            assert match is not None, f"image {i}: detection {r} of PyTorch has no match in ONNX Runtime's"
+            used.add(int(match))
+
+
 def _torch_outputs(pipe: Pipeline, images: np.ndarray) -> list[np.ndarray]:
     module = pipe.module.eval()
     with torch.no_grad():
-        outputs = module.head.export_outputs(module(torch.from_numpy(images).permute(0, 3, 1, 2)))
+        outputs = module.head.export_outputs(module(torch.from_numpy(images).permute(0, 3, 1, 2)), images.shape[1:3])
     return [t.numpy() for t in outputs.values()]
 
 
@@ -90,6 +109,12 @@ def test_onnx_runtime_matches_pytorch(
         if task == "classification":
             assert got[0].shape == (n, len(pipe.class_names))
             np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+        elif task == "detection":
+            assert got[0].shape == (n, 100, 4) and int(got[3].sum()) > 0
+            module = pipe.module.eval()
+            with torch.no_grad():
+                outputs = module(torch.from_numpy(images).permute(0, 3, 1, 2))
+                _same_detections(got, module.head.evaluation_outputs(outputs, {"image": torch.zeros(n, 3, 32, 32)}))
         else:
             assert got[0].shape == (n, 32, 32) and got[0].dtype == np.int64
             assert (got[0] == want[0]).mean() >= 0.999
@@ -104,7 +129,7 @@ def test_export_of_a_head_without_export_outputs_names_the_head(
     pipe, _ = trained
     task = type(pipe.module.head).task
 
-    def no_decoding(self: Any, outputs: Any) -> Any:
+    def no_decoding(self: Any, outputs: Any, input_size: Any) -> Any:
         raise NotImplementedError(f"the {task} task has no default export-time decoding")
 
     monkeypatch.setattr(type(pipe.module.head), "export_outputs", no_decoding)
@@ -119,13 +144,15 @@ def test_unknown_format_and_an_unexportable_head(trained: tuple[Pipeline, Path],
     head = type(pipe.module.head)
     original = head.export_outputs
 
-    def custom_op(self: Any, outputs: Any) -> Any:  # a plugin's own op, which ONNX has no translation of
-        return {name: _twice(t) for name, t in original(self, outputs).items()}
+    def custom_op(
+        self: Any, outputs: Any, input_size: Any
+    ) -> Any:  # a plugin's own op, which ONNX has no translation of
+        return {name: _twice(t) for name, t in original(self, outputs, input_size).items()}
 
     head.export_outputs = custom_op  # type: ignore[method-assign]
     try:
         with pytest.raises(
-            VisionPipeError, match=r"cannot export pipeline .*head '(fcn|classification)'.*vp_test.twice"
+            VisionPipeError, match=r"cannot export pipeline .*head '(fcn|classification|ssd)'.*vp_test.twice"
         ):
             pipe.export(tmp_path / "y")
     finally:
@@ -135,10 +162,10 @@ def test_unknown_format_and_an_unexportable_head(trained: tuple[Pipeline, Path],
 # -- the torch-free predictor -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def exported(trained: tuple[Pipeline, Path], tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def exported(trained: tuple[Pipeline, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``trained`` exported with a dynamic batch; the model's path."""
-    return trained[0].export(tmp_path / "export", dynamic_batch=True)
+    return trained[0].export(tmp_path_factory.mktemp("export"), dynamic_batch=True)
 
 
 def _image_files(folder: Path, n: int = 3) -> list[Path]:
@@ -166,6 +193,9 @@ def test_onnx_predictor_matches_checkpoint_prediction(
         if pipe.config.task == "classification":
             np.testing.assert_allclose(g.scores, w.scores, atol=1e-4)  # type: ignore[attr-defined]
             assert g.label == w.label  # type: ignore[attr-defined]
+        elif pipe.config.task == "detection":
+            assert len(g.scores) == len(w.scores) > 0  # type: ignore[attr-defined]
+            np.testing.assert_allclose(np.sort(g.scores), np.sort(w.scores), atol=1e-3)  # type: ignore[attr-defined]
         else:
             assert g.mask.shape == w.mask.shape == (48, 48)  # type: ignore[attr-defined]
             assert (g.mask == w.mask).mean() >= 0.999  # type: ignore[attr-defined]
@@ -176,6 +206,8 @@ def test_onnx_predictor_matches_checkpoint_prediction(
     assert all((out / f"{f.stem}_pred.png").is_file() for f in files)
     if pipe.config.task == "segmentation":
         assert all((out / f"{f.stem}_mask.png").is_file() for f in files)
+    if pipe.config.task == "detection":
+        assert len(json.loads((out / "detections_coco.json").read_text())) > 0
 
 
 def test_onnx_prediction_imports_no_torch(exported: Path, tmp_path: Path) -> None:
