@@ -52,13 +52,14 @@ class ExportModel(nn.Module):
     """uint8 (N, H, W, 3) RGB images → the head's :meth:`~vision_pipe.stages.Head.export_outputs`.
 
     ``module`` is the pipeline's :class:`~vision_pipe.module.PipelineModule`
-    (normalization → backbone → head, used as is).
+    (normalization → backbone → head, used as is), or any module taking (N, 3, H, W)
+    uint8 images to the raw outputs of ``head`` (default: ``module.head``).
     """
 
-    def __init__(self, module: PipelineModule) -> None:
+    def __init__(self, module: PipelineModule | nn.Module, head: Head | None = None) -> None:
         super().__init__()
         self.module = module
-        self.head: Head = module.head
+        self.head: Head = head if head is not None else module.head  # type: ignore[assignment]
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         outputs = self.module(images.permute(0, 3, 1, 2))
@@ -103,7 +104,9 @@ def export_pipeline(
         example = torch.zeros((2 if dynamic_batch else 1, height, width, 3), dtype=torch.uint8)
         names = _output_names(model, example, pipe)
         path = out / "model.onnx"
-        _export_onnx(model, example, path, names, opset, dynamic_batch, pipe)
+        stages = ", ".join(f"{kind} '{pipe.resolved['model'][kind]['name']}'" for kind in ("backbone", "head"))
+        what = f"pipeline '{pipe.config.name}' (stages {stages})"
+        export_onnx(model, example, path, names, opset=opset, dynamic_batch=dynamic_batch, what=what)
     finally:
         module.train(was_training)
     info = model_info(pipe, names, opset=opset, dynamic_batch=dynamic_batch)
@@ -122,11 +125,20 @@ def _output_names(model: ExportModel, example: Tensor, pipe: Pipeline) -> list[s
         ) from None
 
 
-def _export_onnx(
-    model: ExportModel, example: Tensor, path: Path, names: Sequence[str], opset: int, dynamic: bool, pipe: Pipeline
+def export_onnx(
+    model: ExportModel,
+    example: Tensor,
+    path: Path,
+    names: Sequence[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = False,
+    what: str = "the model",
 ) -> None:
+    """Export ``model`` on ``example`` to ``path`` (one file); :class:`VisionPipeError` naming ``what`` and the
+    exporter's reason (the op without an ONNX translation, when that is it)."""
     model = model.cpu()
-    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic else None
+    dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     try:
         with warnings.catch_warnings(), _quiet_exporter():
             warnings.simplefilter("ignore")
@@ -144,10 +156,7 @@ def _export_onnx(
             assert program is not None
             program.save(str(path), external_data=False)
     except Exception as exc:  # the exporter's many error types: one message naming the stages
-        stages = ", ".join(f"{kind} '{pipe.resolved['model'][kind]['name']}'" for kind in ("backbone", "head"))
-        raise VisionPipeError(
-            f"cannot export pipeline '{pipe.config.name}' to ONNX (opset {opset}; stages {stages}): {_reason(exc)}"
-        ) from exc
+        raise VisionPipeError(f"cannot export {what} to ONNX (opset {opset}): {_reason(exc)}") from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -203,4 +212,4 @@ def model_info(pipe: Pipeline, outputs: Sequence[str], *, opset: int, dynamic_ba
     }
 
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "ExportModel", "export_pipeline", "model_info"]
+__all__ = ["DEFAULT_OPSET", "FORMATS", "ExportModel", "export_onnx", "export_pipeline", "model_info"]

@@ -247,3 +247,32 @@ def test_onnx_model_without_its_model_json_or_from_a_newer_version(exported: Pat
     (alone / "model.json").write_text("{not json")
     with pytest.raises(VisionPipeError, match="not a vision-pipe model.json"):
         OnnxPredictor(alone / "model.onnx")
+
+
+# -- the plugin authors' kit ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["classification", "ssd"])
+def test_the_kit_checks_that_a_builtin_head_exports(name: str) -> None:
+    from vision_pipe.plugins import PluginManager
+    from vision_pipe.stages import Head
+    from vision_pipe.testing import check_export
+
+    head = check_export(PluginManager().registry.get("head", name))
+    assert isinstance(head, Head)
+
+
+def test_the_kit_names_the_head_and_the_op_that_cannot_be_exported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vision_pipe.errors import ContractError
+    from vision_pipe.plugins import PluginManager
+    from vision_pipe.testing import check_export
+    from vision_pipe_plugins.head.classification import ClassificationHead
+
+    original = ClassificationHead.export_outputs
+    monkeypatch.setattr(
+        ClassificationHead,
+        "export_outputs",
+        lambda self, o, s: {k: _twice(v) for k, v in original(self, o, s).items()},
+    )
+    with pytest.raises(ContractError, match=r"classification.*the op vp_test.twice has no ONNX translation"):
+        check_export(PluginManager().registry.get("head", "classification"))
