@@ -3,6 +3,8 @@
     vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--trust-checkpoint]
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--plugin MODULE] [--trust-checkpoint]
+    vision-pipe predict MODEL.onnx INPUT... [--out DIR]     (ONNX Runtime, no torch imported)
+    vision-pipe export CKPT [--format onnx] [--out DIR] [--opset N] [--dynamic-batch] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
@@ -15,6 +17,8 @@ overrides (``~key`` deletes a key, ``key={...}`` replaces a mapping).
 
 Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
 printed as one message naming the file / key / stage, with exit status 2.
+
+(Over 400 lines on purpose: one parser and one short handler per command, read together.)
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class _quiet_exporter:
-    """Silence the exporter's progress lines (it logs and prints while it works)."""
+    """Silence the exporter's progress lines and log records (it prints and logs while it works)."""
 
     def __enter__(self) -> None:
         import contextlib
@@ -181,8 +181,10 @@ class _quiet_exporter:
 
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        logging.disable(logging.WARNING)
 
     def __exit__(self, *exc: object) -> None:
+        logging.disable(logging.NOTSET)
         self._stack.close()
 
 

@@ -10,6 +10,9 @@ Trainer) and :mod:`~vision_pipe.finetune` (checkpoints and weights). Each
 public action (fit, validate, test, predict) is one error boundary:
 ``vision_pipe_on_error`` fires once for whatever fails inside it. The CLI
 (:mod:`vision_pipe.cli`) is a thin layer over this class.
+
+(Over 400 lines on purpose: the façade's public methods and their docstrings, each
+delegating to the module that owns the work.)
 """
 
 from __future__ import annotations
