@@ -64,25 +64,46 @@ from vision_pipe.samples import (
     check_mask,
     fmt_box,
 )
-from vision_pipe.stages import (
-    KINDS,
-    Backbone,
-    Batch,
-    FeatureInfo,
-    Features,
-    Head,
-    LoadedData,
-    Loader,
-    Normalizer,
-    Sample,
-    SampleSource,
-    StageContext,
-    stage,
-)
 from vision_pipe.tasks import TASKS
 
 if TYPE_CHECKING:
     from vision_pipe.pipeline import Pipeline
+    from vision_pipe.stages import (
+        KINDS,
+        Backbone,
+        Batch,
+        FeatureInfo,
+        Features,
+        Head,
+        LoadedData,
+        Loader,
+        Normalizer,
+        Sample,
+        SampleSource,
+        StageContext,
+        stage,
+    )
+
+#: The stage contracts, imported from :mod:`vision_pipe.stages` when first asked for: they build on
+#: ``torch.nn``, and ``import vision_pipe`` imports no torch (the ONNX predictor, :mod:`vision_pipe.onnx_predict`,
+#: runs without it).
+_STAGE_NAMES = frozenset(
+    {
+        "KINDS",
+        "Backbone",
+        "Batch",
+        "FeatureInfo",
+        "Features",
+        "Head",
+        "LoadedData",
+        "Loader",
+        "Normalizer",
+        "Sample",
+        "SampleSource",
+        "StageContext",
+        "stage",
+    }
+)
 
 __version__ = "0.1.0"
 
@@ -161,4 +182,10 @@ def __getattr__(name: str) -> Any:
         from vision_pipe.pipeline import Pipeline
 
         return Pipeline
+    if name in _STAGE_NAMES:
+        import vision_pipe.stages
+
+        value = getattr(vision_pipe.stages, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'vision_pipe' has no attribute {name!r}")

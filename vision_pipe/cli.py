@@ -3,6 +3,8 @@
     vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--trust-checkpoint]
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--plugin MODULE] [--trust-checkpoint]
+    vision-pipe predict MODEL.onnx INPUT... [--out DIR]     (ONNX Runtime, no torch imported)
+    vision-pipe export CKPT [--format onnx] [--out DIR] [--opset N] [--dynamic-batch] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
@@ -16,6 +18,8 @@ overrides (``~key`` deletes a key, ``key={...}`` replaces a mapping).
 
 Errors caused by the input (a bad YAML, a missing file, an unknown stage) are
 printed as one message naming the file / key / stage, with exit status 2.
+
+(Over 400 lines on purpose: one parser and one short handler per command, read together.)
 """
 
 from __future__ import annotations
@@ -89,10 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict on images, write JSON and annotated images",
         description="Predict on image files or folders; writes predictions.json and annotated images to --out.",
     )
-    p.add_argument("source", help="a checkpoint (.ckpt) or a pipeline YAML (then --ckpt is required)")
+    p.add_argument(
+        "source",
+        help="a checkpoint (.ckpt), a pipeline YAML (then --ckpt is required) or an exported model.onnx "
+        "(with its model.json beside it; runs without torch)",
+    )
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this plugin module named in the checkpoint's config (repeatable; only modules you trust)",
+    )
+    _add_trust(p)
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint for deployment (ONNX)",
+        description="Export a checkpoint to DIR/model.onnx (uint8 (N, H, W, 3) RGB images in; normalization and the "
+        "task's decoding inside) with DIR/model.json; predict with it: vision-pipe predict DIR/model.onnx INPUT...",
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="a vision-pipe checkpoint (.ckpt)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the export format (default: onnx)")
+    p.add_argument("--out", default="export", metavar="DIR", help="output folder (default: export)")
+    p.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: 18)")
+    p.add_argument(
+        "--dynamic-batch", action="store_true", help="let the batch size vary (default: the graph takes one image)"
+    )
     p.add_argument(
         "--plugin",
         action="append",
@@ -227,6 +258,8 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "predict" and Path(args.source).suffix == ".onnx":
+        return _predict_onnx(args)  # before anything imports torch: the exported model needs none
     from vision_pipe.distributed import is_secondary_process
 
     if is_secondary_process():
@@ -251,6 +284,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if command == "predict":
         return _predict(args, Pipeline)
+    if command == "export":
+        return _export(args, Pipeline)
 
     trust = args.trust_checkpoint
     pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args), trust=trust)
@@ -345,6 +380,32 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
         print(_describe(pred))
     extra = ", detections_coco.json" if predictions and "boxes" in predictions[0].to_dict() else ""
     print(f"\nwrote predictions.json{extra} and {len(predictions)} annotated image(s) to {args.out}/")
+    return 0
+
+
+def _export(args: argparse.Namespace, Pipeline: Any) -> int:
+    pipe = Pipeline.load(args.ckpt, manager=_manager(args), trust=args.trust_checkpoint, plugins=args.plugin)
+    path = pipe.export(args.out, format=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    print(f"wrote {path} and {path.with_name('model.json')}")
+    return 0
+
+
+def _predict_onnx(args: argparse.Namespace) -> int:
+    """``vision-pipe predict model.onnx INPUT... --out DIR`` with ONNX Runtime (no torch, no plugins)."""
+    from vision_pipe.onnx_predict import OnnxPredictor
+    from vision_pipe.render import prepare_out_dir
+    from vision_pipe.tasks import task_of_prediction
+
+    if args.ckpt:
+        raise VisionPipeError("predict with an exported model (.onnx) takes no --ckpt: the model holds the weights")
+    prepare_out_dir(args.out)
+    predictor = OnnxPredictor(args.source)
+    paths = _expand_inputs(args.inputs)
+    predictions = predictor.predict(paths)
+    predictor.write(paths, predictions, args.out)
+    for pred in predictions:
+        print(os.fsencode(task_of_prediction(pred).describe(pred)).decode("utf-8", "backslashreplace"))
+    print(f"\nwrote predictions.json and {len(predictions)} annotated image(s) to {args.out}/")
     return 0
 
 

@@ -10,6 +10,9 @@ Trainer) and :mod:`~vision_pipe.finetune` (checkpoints and weights). Each
 public action (fit, validate, test, predict) is one error boundary:
 ``vision_pipe_on_error`` fires once for whatever fails inside it. The CLI
 (:mod:`vision_pipe.cli`) is a thin layer over this class.
+
+(Over 400 lines on purpose: the façade's public methods and their docstrings, each
+delegating to the module that owns the work.)
 """
 
 from __future__ import annotations
@@ -384,6 +387,18 @@ class Pipeline:
             write_predictions(images, results, out, names, self.class_colors)
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
+
+    @_action("export")
+    def export(
+        self, out_dir: str | Path, *, format: str = "onnx", opset: int | None = None, dynamic_batch: bool = False
+    ) -> Path:
+        """Write ``out_dir/model.onnx`` (uint8 (N, H, W, 3) RGB images at ``data.input_size`` in; normalization,
+        model and the head's decoding inside) and ``out_dir/model.json``; return the model's path.
+        See :mod:`vision_pipe.export` (needs the ``export`` extra: ``pip install "vision-pipe[export]"``)."""
+        from vision_pipe.export import DEFAULT_OPSET, export_pipeline
+
+        opset = DEFAULT_OPSET if opset is None else opset
+        return export_pipeline(self, out_dir, format=format, opset=opset, dynamic_batch=dynamic_batch)
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,

@@ -44,6 +44,7 @@ from vision_pipe import (
 )
 
 from .ssd_boxes import boxes_per_location, default_boxes, postprocess, ssd_loss
+from .ssd_export import export_detections
 from .ssd_maps import MapSpec, extra_layer_geometry, plan_maps, resolve_aspect_ratios
 
 #: A fraction of the image, or an IoU: in (0, 1].
@@ -287,6 +288,18 @@ class SSDHead(Head):
         for det in detections:
             det["boxes"] = det["boxes"] * torch.tensor([w, h, w, h], dtype=torch.float32, device=det["boxes"].device)
         return detections
+
+    def export_outputs(self, outputs: SSDOutputs, input_size: tuple[int, int]) -> dict[str, Tensor]:
+        """The exported model's detections (see :func:`.ssd_export.export_detections`): ``boxes``, ``scores``,
+        ``labels`` padded to ``detections_per_img``, and ``count``."""
+        return export_detections(
+            outputs.cls_logits,
+            outputs.box_offsets,
+            outputs.defaults,
+            input_size,
+            **asdict(self.postprocess),
+            variances=self.match.variances,
+        )
 
     def decode(self, outputs: SSDOutputs, batch: Batch, class_names: Sequence[str]) -> list[DetectionPrediction]:
         """One :class:`DetectionPrediction` per image, boxes (N, 4) float32 xyxy in pixels of the

@@ -8,6 +8,9 @@ core (data, pre-flight, testing kit, rendering, CLI) asks the task and has no
 ``if task == ...`` branches; :data:`TASKS` — what a pipeline's ``task:`` may
 be — is derived from the registered tasks.
 
+The task modules import torch inside the functions that need it, so that
+drawing and writing predictions work without it (:mod:`vision_pipe.onnx_predict`).
+
 A new task is a :class:`Task` subclass in a module of this package, added to
 ``_REGISTERED`` below.
 """

@@ -121,6 +121,13 @@ class Task:
         """``metrics.compute()`` as flat scalars without split prefix; pictures and CSVs into ``plots_dir`` when given."""
         raise NotImplementedError(f"task {self.name!r} has no metrics")
 
+    # -- export ------------------------------------------------------------------
+
+    def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
+        """The default of :meth:`vision_pipe.stages.Head.export_outputs` for this task's heads (tensor operations
+        only: it is traced into the exported graph); ``NotImplementedError`` where the task has none."""
+        raise NotImplementedError(f"the {self.name} task has no default export-time decoding")
+
     # -- predictions -------------------------------------------------------------
 
     def draw(

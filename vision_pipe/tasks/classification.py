@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
 from vision_pipe.drawing import upscale
 from vision_pipe.results import ClassificationPrediction, Prediction
@@ -27,6 +25,7 @@ from vision_pipe.tasks.base import Task
 
 if TYPE_CHECKING:
     import torchmetrics
+    from torch import Tensor
 
 #: Above this many classes the confusion-matrix picture has no numbers in its cells.
 _MAX_ANNOTATED_CLASSES = 30
@@ -45,14 +44,20 @@ class ClassificationTask(Task):
         check_label(sample.get("label"), num_classes, sample_id)
 
     def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
+        import torch
+
         return {"label": torch.tensor(int(sample["label"]), dtype=torch.int64)}
 
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
         return {"label": torch.stack([it["label"] for it in items])}
 
     def random_targets(
         self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
     ) -> dict[str, Any]:
+        import torch
+
         return {"label": torch.from_numpy(np.arange(batch_size, dtype=np.int64) % num_classes)}
 
     # -- evaluation ------------------------------------------------------------
@@ -85,6 +90,8 @@ class ClassificationTask(Task):
         NaN for a class with no samples in the split). With ``plots_dir``, writes
         ``confusion_matrix.csv`` and ``confusion_matrix.png`` there (rows = true, columns = predicted).
         """
+        import torch
+
         acc = float(computed["acc"])
         acc_top5 = float(computed["acc_top5"])
         confmat = computed["confmat"].detach().cpu().to(torch.int64).numpy()  # (C, C), [true, pred]
@@ -99,6 +106,12 @@ class ClassificationTask(Task):
         return out
 
     # -- predictions -------------------------------------------------------------
+
+    def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
+        """Logits (B, C) → ``{"probabilities": (B, C) float32}``."""
+        import torch
+
+        return {"probabilities": torch.softmax(outputs.float(), dim=1)}
 
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None

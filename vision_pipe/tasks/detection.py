@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
 from vision_pipe.drawing import class_palette, upscale
 from vision_pipe.io import atomic_write_text
@@ -37,6 +35,7 @@ from vision_pipe.tasks.base import Task
 if TYPE_CHECKING:
     import albumentations as A
     import torchmetrics
+    from torch import Tensor
 
     from vision_pipe.config import BoxRules
 
@@ -85,6 +84,8 @@ class DetectionTask(Task):
         }
 
     def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
+        import torch
+
         return {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(out["labels"], dtype=np.int64).reshape(-1)),
@@ -92,6 +93,8 @@ class DetectionTask(Task):
         }
 
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
         return {
             "boxes": [it["boxes"] for it in items],
             "labels": [it["labels"] for it in items],
@@ -102,6 +105,8 @@ class DetectionTask(Task):
         self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
     ) -> dict[str, Any]:
         """Image 0 gets two boxes, image 1 none (every head must cope with empty images), the others one."""
+        import torch
+
         height, width = input_size
         counts = [2 if i == 0 else (0 if i == 1 else 1) for i in range(batch_size)]
         return {
@@ -128,6 +133,8 @@ class DetectionTask(Task):
         """Feed the detections (in model-input pixels) and the ground truth of one batch, both mapped
         to original-image pixels; ``batch["difficult"]`` objects (when present) go in as ``iscrowd``
         and are ignored."""
+        import torch
+
         h, w = batch["image"].shape[-2:]
         difficult = batch.get("difficult")
         preds, targets = [], []
@@ -224,6 +231,8 @@ class DetectionTask(Task):
 
 def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> Tensor:
     """(n, 4) float32 xyxy boxes of at least a quarter of the image side."""
+    import torch
+
     x1 = rng.uniform(0, width * 0.5, n)
     y1 = rng.uniform(0, height * 0.5, n)
     x2 = np.minimum(x1 + rng.uniform(width * 0.25, width * 0.5, n), width)

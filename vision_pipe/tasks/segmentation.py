@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from vision_pipe.drawing import class_palette, upscale
 from vision_pipe.io import write_png
@@ -28,6 +26,7 @@ from vision_pipe.tasks.base import Task
 
 if TYPE_CHECKING:
     import torchmetrics
+    from torch import Tensor
 
 
 class SegmentationTask(Task):
@@ -46,15 +45,21 @@ class SegmentationTask(Task):
         return {"mask": compact_mask(sample["mask"])}
 
     def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
+        import torch
+
         return {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))}
 
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
         return {"mask": torch.stack([it["mask"] for it in items])}
 
     def random_targets(
         self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
     ) -> dict[str, Any]:
         """Random class ids; the first two rows of every mask are ignored (255) pixels."""
+        import torch
+
         height, width = input_size
         mask = rng.integers(0, num_classes, (batch_size, height, width)).astype(np.int64)
         mask[:, :2] = IGNORE_INDEX
@@ -106,6 +111,10 @@ class SegmentationTask(Task):
         return out
 
     # -- predictions -------------------------------------------------------------
+
+    def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
+        """Logits (B, C, H, W) → ``{"class_ids": (B, H, W) int64}``."""
+        return {"class_ids": outputs.argmax(dim=1)}
 
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None

@@ -59,6 +59,7 @@ from vision_pipe.testing._boring import (
 # The constants are importable from here, as before the split, but stay out of __all__.
 from vision_pipe.testing._build import KIT_CLASSES  # noqa: F401
 from vision_pipe.testing._data import MIN_ALIGNMENT, MIN_BOX_IOU, check_augmentation, check_loader, check_normalization  # noqa: F401
+from vision_pipe.testing._export import check_export
 from vision_pipe.testing._model import check_backbone, check_head, make_batch
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "boring_loader",
     "check_augmentation",
     "check_backbone",
+    "check_export",
     "check_head",
     "check_loader",
     "check_normalization",
