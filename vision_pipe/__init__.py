@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vision_pipe.checkpoints import load_weights_file
 from vision_pipe.classes import RGB, ClassSpec, parse_classes, read_class_file, voc_palette
 from vision_pipe.errors import (
     ChainError,
@@ -67,6 +66,7 @@ from vision_pipe.samples import (
 from vision_pipe.tasks import TASKS
 
 if TYPE_CHECKING:
+    from vision_pipe.checkpoints import load_weights_file
     from vision_pipe.pipeline import Pipeline
     from vision_pipe.stages import (
         KINDS,
@@ -182,6 +182,10 @@ def __getattr__(name: str) -> Any:
         from vision_pipe.pipeline import Pipeline
 
         return Pipeline
+    if name == "load_weights_file":  # reads torch files: torch is imported when it is used
+        from vision_pipe.checkpoints import load_weights_file
+
+        return load_weights_file
     if name in _STAGE_NAMES:
         import vision_pipe.stages
 
