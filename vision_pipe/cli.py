@@ -48,6 +48,16 @@ def _add_common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
     )
 
 
+def _add_checkpoint_plugins(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this plugin module named in the checkpoint's config (repeatable; only modules you trust)",
+    )
+
+
 def _add_trust(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--trust-checkpoint",
@@ -101,13 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import this plugin module named in the checkpoint's config (repeatable; only modules you trust)",
-    )
+    _add_checkpoint_plugins(p)
     _add_trust(p)
     _add_common(p, overrides=False)
 
@@ -124,13 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dynamic-batch", action="store_true", help="let the batch size vary (default: the graph takes one image)"
     )
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import this plugin module named in the checkpoint's config (repeatable; only modules you trust)",
-    )
+    _add_checkpoint_plugins(p)
     _add_trust(p)
     _add_common(p, overrides=False)
 
