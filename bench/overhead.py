@@ -43,8 +43,8 @@ import torch
 
 from vision_pipe import Pipeline, hookimpl
 from vision_pipe.module import make_optimizer
-from vision_pipe.trainer import cpu_count as _cpu_count
 from vision_pipe.plugins import PluginManager
+from vision_pipe.trainer import cpu_count as _cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = {"classification": 2000, "detection": 1000}
@@ -207,15 +207,15 @@ def report(task: str, piped: Seconds, plain: Seconds, lp: Losses, lq: Losses, ep
     and whether the losses agree."""
     print(f"\n== {task} ==")
     print(f"{'epoch':>5} {'pipeline s (cpu)':>17} {'plain s (cpu)':>15} {'pipe train/val loss':>21} {'plain train/val loss':>21}")
-    for i, ((a, ac), (b, bc), (ta, va), (tb, vb)) in enumerate(zip(piped[:epochs], plain[:epochs], lp, lq), start=1):
+    for i, ((a, ac), (b, bc), (ta, va), (tb, vb)) in enumerate(zip(piped[:epochs], plain[:epochs], lp, lq, strict=True), start=1):
         print(f"{i:>5} {a:>9.2f} ({ac:>5.2f}) {b:>7.2f} ({bc:>5.2f}) {ta:>10.4f}/{va:<10.4f} {tb:>10.4f}/{vb:<10.4f}")
     later = [i for i in range(len(piped)) if i != 0 or len(piped) == 1]  # the first epoch starts the workers
     for name, k in (("wall clock", 0), ("CPU time of the main process", 1)):
         a = statistics.median(piped[i][k] for i in later)
         b = statistics.median(plain[i][k] for i in later)
         print(f"median {name} s/epoch (epochs 2..): pipeline {a:.2f}, plain {b:.2f}, ratio {a / b:.3f}   (target <= 1.05)")
-    equal = all(round(x, 4) == round(y, 4) for p, q in zip(lp, lq) for x, y in zip(p, q))
-    biggest = max(abs(x - y) for p, q in zip(lp, lq) for x, y in zip(p, q))
+    equal = all(round(x, 4) == round(y, 4) for p, q in zip(lp, lq, strict=True) for x, y in zip(p, q, strict=True))
+    biggest = max(abs(x - y) for p, q in zip(lp, lq, strict=True) for x, y in zip(p, q, strict=True))
     print(f"losses equal to 4 decimals: {'yes' if equal else 'NO'} (largest difference {biggest:.2e})")
 
 

@@ -25,6 +25,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, clip_boxes_to_image
+
 from vision_pipe_plugins.head.ssd_boxes import decode, postprocess
 
 IMAGE_SIZE = 300

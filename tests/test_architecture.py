@@ -22,11 +22,11 @@ from __future__ import annotations
 import ast
 import importlib
 import os
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import vision_pipe
 from vision_pipe.plugins import DISABLE_ENV, ENTRY_POINT_GROUP, PluginManager

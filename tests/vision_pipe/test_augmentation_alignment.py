@@ -219,7 +219,7 @@ def test_boxes_follow_geometric_transforms(name: str, seed: int) -> None:
     boxes = np.array([r[0] for r in RECTS[:2]], np.float32)
     out = augment("detection", transforms(), seed, boxes=boxes, labels=np.array([1, 2]))
     expected = color_boxes(out["image"])
-    got = {int(label): box for label, box in zip(out["labels"].tolist(), out["boxes"].numpy())}
+    got = {int(label): box for label, box in zip(out["labels"].tolist(), out["boxes"].numpy(), strict=True)}
     assert set(got) == set(expected)  # a box is dropped exactly when its rectangle left the image
     assert got, "every box was cropped away: the test proves nothing"
     for label, box in got.items():

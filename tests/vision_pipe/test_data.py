@@ -176,7 +176,7 @@ def test_collate_detection_keeps_per_image_lists() -> None:
         torch.tensor([[0.5, 0.5, 5.0, 3.0]]),
     ]
     labels = [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.int64), torch.tensor([3])]
-    batch = collate([_item(boxes=b, labels=lab) for b, lab in zip(boxes, labels)])
+    batch = collate([_item(boxes=b, labels=lab) for b, lab in zip(boxes, labels, strict=True)])
     assert batch["image"].shape == (3, 3, 4, 6)
     assert isinstance(batch["boxes"], list) and isinstance(batch["labels"], list)
     assert [tuple(b.shape) for b in batch["boxes"]] == [(2, 4), (0, 4), (1, 4)]

@@ -88,7 +88,7 @@ def test_load_from_checkpoint_predicts_without_training_data(trained):
     images = [pipe.splits["test"][i]["image"] for i in range(4)]
     pipe.module.load_state_dict(torch.load(pipe.best_checkpoint, weights_only=False)["state_dict"])
     expected = [p.scores for p in pipe.predict(images)]
-    assert all(np.allclose(a.scores, b, atol=1e-6) for a, b in zip(loaded.predict(images), expected))
+    assert all(np.allclose(a.scores, b, atol=1e-6) for a, b in zip(loaded.predict(images), expected, strict=True))
     with pytest.raises(VisionPipeError, match="without its training data"):
         loaded.fit()
 
@@ -128,7 +128,7 @@ def test_backbone_weights_and_freezing(tiny_config, tmp_path):
     tiny_config["model"]["backbone"].update(weights=str(weights), freeze=["stage1"])
     pipe = Pipeline.from_dict(tiny_config)
     backbone = pipe.stages["backbone"]
-    for (name, a), b in zip(backbone.state_dict().items(), source.stages["backbone"].state_dict().values()):
+    for (name, a), b in zip(backbone.state_dict().items(), source.stages["backbone"].state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, _ in backbone.named_parameters() if n.startswith("stage1.")} and frozen

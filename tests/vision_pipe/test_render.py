@@ -32,10 +32,10 @@ def test_segmentation_overlay_uses_class_colours_and_leaves_class_0() -> None:
 def test_write_predictions_segmentation_masks_at_original_size(tmp_path: Path) -> None:
     images = [np.zeros((7, 9, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
     masks = [np.arange(63).reshape(7, 9) % 3, np.full((5, 4), 2)]
-    preds = [SegmentationPrediction(id=f"in/{n}.jpg", mask=m, class_names=["a", "b", "c"]) for n, m in zip("xy", masks)]
+    preds = [SegmentationPrediction(id=f"in/{n}.jpg", mask=m, class_names=["a", "b", "c"]) for n, m in zip("xy", masks, strict=True)]
     records = write_predictions(images, preds, tmp_path / "out", ["x", "x"], None)
     assert [Path(r["mask"]).name for r in records] == ["x_mask.png", "x-1_mask.png"]  # repeated stems kept apart
-    for record, mask in zip(records, masks):
+    for record, mask in zip(records, masks, strict=True):
         written = cv2.imread(record["mask"], cv2.IMREAD_UNCHANGED)
         assert written.dtype == np.uint8 and np.array_equal(written, mask)
         assert Path(record["annotated"]).is_file()

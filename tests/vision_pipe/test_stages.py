@@ -24,8 +24,8 @@ def test_features_and_lookup_by_name() -> None:
 def test_what_is_not_known_yet_is_a_stage_error() -> None:
     context = _context()
     with pytest.raises(StageError, match="class names are not known yet"):
-        context.num_classes
+        _ = context.num_classes
     with pytest.raises(StageError, match="feature maps are not known yet"):
-        context.features
+        _ = context.features
     with pytest.raises(ChainError, match="backbone 'empty' declares no feature maps"):
-        _context(feature_info=(), backbone_name="empty").features
+        _ = _context(feature_info=(), backbone_name="empty").features

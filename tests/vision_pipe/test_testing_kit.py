@@ -275,7 +275,7 @@ class _Head(Head):
 
     def decode(self, outputs: Tensor, batch: Any, class_names: Sequence[str]) -> list[Any]:
         labels = outputs.argmax(dim=1).tolist()
-        return [ClassificationPrediction(id=m["id"], label=i, class_name=class_names[i]) for m, i in zip(batch["meta"], labels)]
+        return [ClassificationPrediction(id=m["id"], label=i, class_name=class_names[i]) for m, i in zip(batch["meta"], labels, strict=True)]
 
 
 class _NanLoss(_Head):

@@ -188,7 +188,7 @@ class LinearProbe(Head):
         probs = outputs.softmax(dim=1).cpu().numpy()
         return [
             ClassificationPrediction(meta["id"], int(p.argmax()), class_names[int(p.argmax())], float(p.max()), p)
-            for p, meta in zip(probs, batch["meta"])
+            for p, meta in zip(probs, batch["meta"], strict=True)
         ]
 
 

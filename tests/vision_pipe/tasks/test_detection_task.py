@@ -157,8 +157,8 @@ class CellProbe(Head):
         b, _, h, w = outputs.shape
         size_h, size_w = batch["image"].shape[-2:]
         target = torch.zeros(b, h, w, dtype=torch.int64, device=outputs.device)
-        for i, (boxes, labels) in enumerate(zip(batch["boxes"], batch["labels"])):
-            for box, label in zip(boxes, labels):
+        for i, (boxes, labels) in enumerate(zip(batch["boxes"], batch["labels"], strict=True)):
+            for box, label in zip(boxes, labels, strict=True):
                 cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
                 target[i, min(int(cy * h / size_h), h - 1), min(int(cx * w / size_w), w - 1)] = int(label) + 1
         return {"loss": F.cross_entropy(outputs, target)}
@@ -179,7 +179,7 @@ class CellProbe(Head):
     def decode(self, outputs: Tensor, batch: Batch, class_names: Sequence[str]) -> list[DetectionPrediction]:
         size_h, size_w = batch["image"].shape[-2:]
         predictions = []
-        for det, meta in zip(self.evaluation_outputs(outputs, batch), batch["meta"]):
+        for det, meta in zip(self.evaluation_outputs(outputs, batch), batch["meta"], strict=True):
             oh, ow = meta["orig_size"]
             scale = torch.tensor([ow / size_w, oh / size_h, ow / size_w, oh / size_h])
             labels = det["labels"].cpu().numpy()
