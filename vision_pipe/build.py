@@ -16,9 +16,10 @@ its class names from the checkpoint and builds no loader and no data.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import albumentations as A
@@ -35,6 +36,8 @@ from vision_pipe.plugins import RESERVED_KEYS
 from vision_pipe.stages import Backbone, Features, Head, Loader, Normalizer, SampleSource, StageContext
 
 Color = tuple[int, int, int]
+
+log = logging.getLogger("vision_pipe")
 
 
 @dataclass(frozen=True)
@@ -179,17 +182,9 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         class_colors = _colors(from_checkpoint.colors)
     ctx = StageContext(task=task, seed=cfg.seed, input_size=cfg.data.input_size, class_names=tuple(class_names))
 
-    normalizer = None
-    if cfg.data.normalization is not None:
-        normalizer = b.build(("data", "normalization"), ctx, Normalizer, "a vision_pipe.Normalizer")
-    stages["normalization"] = normalizer
+    ctx = replace(ctx, restoring=from_checkpoint is not None)
 
-    augmentations = [
-        b.build(("data", "augmentation", i), ctx, A.BasicTransform, "an albumentations transform")
-        for i in range(len(cfg.data.augmentation))
-    ]
-    stages["augmentation"] = augmentations
-
+    # the backbone first: the normalization may follow its weights' statistics
     bb_loc: Loc = ("model", "backbone")
     backbone = b.build(bb_loc, ctx, Backbone, "a vision_pipe.Backbone")
     if not getattr(backbone, "feature_info", None):
@@ -199,18 +194,32 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
     )
     unfreeze_at = cfg.model.backbone.get("unfreeze_at_epoch")
     check_backbone_contract(backbone, b.label(bb_loc))
-    stages["backbone"] = backbone
-
-    head_loc: Loc = ("model", "head")
-    ctx = StageContext(
-        task=task,
-        seed=cfg.seed,
-        input_size=cfg.data.input_size,
-        class_names=tuple(class_names),
+    ctx = replace(
+        ctx,
         feature_info=tuple(backbone.feature_info),
         backbone_provides=frozenset(backbone.provides),
         backbone_name=cfg.model.backbone["name"],
+        backbone_input_stats=backbone.input_stats,
     )
+
+    normalizer = None
+    if cfg.data.normalization is not None:
+        normalizer = b.build(("data", "normalization"), ctx, Normalizer, "a vision_pipe.Normalizer")
+    if backbone.pretrained and from_checkpoint is None:
+        name = cfg.data.normalization["name"] if cfg.data.normalization is not None else None
+        warning = normalization_warning(backbone, normalizer, b.label(bb_loc), name)
+        if warning:
+            log.warning("%s", warning)
+
+    augmentations = [
+        b.build(("data", "augmentation", i), ctx, A.BasicTransform, "an albumentations transform")
+        for i in range(len(cfg.data.augmentation))
+    ]
+    stages["normalization"] = normalizer
+    stages["augmentation"] = augmentations
+    stages["backbone"] = backbone
+
+    head_loc: Loc = ("model", "head")
     head = b.build(head_loc, ctx, Head, "a vision_pipe.Head")
     if head.task != task:
         raise ChainError(
@@ -245,6 +254,35 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
             boxes=cfg.data.boxes,
         )
     return BuiltPipeline(stages, class_names, class_colors, splits, b.resolved, module, datamodule)
+
+
+def normalization_warning(
+    backbone: Backbone, normalizer: Normalizer | None, label: str, normalization: str | None = None
+) -> str | None:
+    """What is off when a pretrained ``backbone`` (``label`` names it) is paired with ``normalizer``
+    (the stage called ``normalization``), or None when they agree or it cannot tell.
+
+    Pretrained weights expect inputs normalized with :attr:`Backbone.input_stats`; a
+    normalization fitted on the user's images (mean image, fitted channel statistics),
+    none at all, or other given statistics feed them inputs on another scale. Still
+    allowed (fine-tuning adapts), so a warning that says what is expected.
+    """
+    stats = backbone.input_stats
+    expected = (
+        f"its weights expect {stats.describe()} (pixel units) from {stats.source}: "
+        "`normalization: {name: pretrained}` applies them"
+        if stats is not None
+        else "give channel_stats the mean and std its weights were trained with"
+    )
+    if normalizer is None:
+        problem = "there is no normalization (it sees raw pixel values 0..255)"
+    elif normalizer.needs_fit:
+        problem = f"the normalization '{normalization}' is fitted on your training images"
+    elif stats is not None and normalizer.input_stats is not None and not stats.matches(normalizer.input_stats):
+        problem = f"the normalization '{normalization}' applies {normalizer.input_stats.describe()}"
+    else:
+        return None
+    return f"{label} holds pretrained weights, but {problem}; {expected}"
 
 
 # ----------------------------------------------------------------------------

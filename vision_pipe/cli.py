@@ -298,12 +298,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print("  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
         if cfg.data.normalization:
-            print(f"  normalization {cfg.data.normalization['name']}")
+            given = pipe.stages["normalization"].input_stats
+            stats = f"  ({given.describe()}, from {given.source})" if given is not None else ""
+            print(f"  normalization {cfg.data.normalization['name']}{stats}")
         for aug in cfg.data.augmentation:
             print(f"  augmentation  {aug['name']}")
         bb = pipe.stages["backbone"]
         maps = ", ".join(f"{f.name}(c={f.channels}, stride={f.stride})" for f in bb.feature_info)
-        print(f"  backbone      {cfg.model.backbone['name']}: {maps}")
+        weights = " (pretrained)" if bb.pretrained else ""
+        print(f"  backbone      {cfg.model.backbone['name']}{weights}: {maps}")
         n_params = sum(p.numel() for p in pipe.module.parameters())
         print(f"  head          {cfg.model.head['name']}  ({n_params:,} parameters in the model)")
         if args.data:

@@ -102,11 +102,47 @@ class FeatureInfo:
 
 
 @dataclass(frozen=True)
+class InputStats:
+    """The per-channel statistics a backbone's pretrained weights expect their inputs normalized with.
+
+    ``mean`` and ``std``: 3 floats each, R, G, B, in pixel units (images in [0, 255]):
+    the weights saw ``(x - mean[c]) / std[c]``. ImageNet's usual ones are mean
+    ``(123.675, 116.28, 103.53)``, std ``(58.395, 57.12, 57.375)``; Caffe-style VGG
+    weights subtract a mean and keep the 0..255 range (std 1). ``source`` names the
+    weights they belong to (for messages), e.g. ``"timm resnet18.a1_in1k"``.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str
+
+    @classmethod
+    def from_unit(cls, mean: Sequence[float], std: Sequence[float], source: str) -> InputStats:
+        """From statistics of images in [0, 1] (how timm and torchvision publish them)."""
+        m = tuple(float(v) * 255.0 for v in mean)
+        d = tuple(float(v) * 255.0 for v in std)
+        return cls((m[0], m[1], m[2]), (d[0], d[1], d[2]), source)
+
+    def matches(self, other: InputStats) -> bool:
+        """Whether ``other`` has the same mean and std, within 2 % or half a pixel value."""
+        pairs = zip((*self.mean, *self.std), (*other.mean, *other.std), strict=True)
+        return all(abs(a - b) <= max(0.02 * abs(a), 0.5) for a, b in pairs)
+
+    def describe(self) -> str:
+        """``mean [123.7, 116.3, 103.5] std [58.4, 57.1, 57.4]`` (pixel units)."""
+        return f"mean [{', '.join(f'{v:.1f}' for v in self.mean)}] std [{', '.join(f'{v:.1f}' for v in self.std)}]"
+
+
+@dataclass(frozen=True)
 class StageContext:
     """What a factory that takes a ``context`` parameter is told about the pipeline.
 
     Fields are ``None`` until the stage that establishes them is built:
-    ``class_names`` after loading, ``feature_info`` after the backbone.
+    ``class_names`` after loading; ``feature_info``, ``backbone_input_stats`` after
+    the backbone (which is built before the normalization and the head).
+    ``restoring`` is True when the pipeline is built to receive a checkpoint's
+    state (test, predict, export from a checkpoint): a stage must then not
+    download or read weights of its own, as they would be replaced anyway.
     """
 
     task: str
@@ -116,6 +152,9 @@ class StageContext:
     feature_info: tuple[FeatureInfo, ...] | None = None
     backbone_provides: frozenset[str] = frozenset()  #: capabilities, e.g. {"pool_indices"}
     backbone_name: str | None = None
+    #: what the backbone's weights expect (:attr:`Backbone.input_stats`), for a normalization that follows them
+    backbone_input_stats: InputStats | None = None
+    restoring: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -310,6 +349,13 @@ class Normalizer(nn.Module, ABC):
         on the accelerator, so no Python loop over images.
         """
 
+    @property
+    def input_stats(self) -> InputStats | None:
+        """The per-channel statistics this normalizer applies, when it is ``(x - mean[c]) / std[c]``
+        with statistics known before any fit (default None: unknown). The pipeline compares them with a
+        pretrained backbone's :attr:`Backbone.input_stats` and warns when they differ."""
+        return None
+
     def save_artifacts(self, plots_dir: Path) -> list[Path]:
         """Write pictures of the fitted statistics (e.g. the mean image); return the paths."""
         return []
@@ -349,6 +395,13 @@ class Backbone(nn.Module, ABC):
     #: need is missing; the contract check verifies that a backbone providing
     #: ``pool_indices`` returns them. Other names are free for plugins to agree on.
     provides: frozenset[str] = frozenset()
+    #: The input statistics of the weights this architecture is published with (timm's
+    #: ``pretrained_cfg``, torchvision's weights transforms), or None. A normalization
+    #: ``{name: pretrained}`` applies them.
+    input_stats: InputStats | None = None
+    #: Whether the backbone holds pretrained weights (set by the stage when it loaded them):
+    #: the pipeline then warns when the normalization does not apply :attr:`input_stats`.
+    pretrained: bool = False
 
     @abstractmethod
     def forward(self, images: Tensor) -> Features:

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import Field
 from torch import Tensor, nn
 
-from vision_pipe import StageError, did_you_mean, hookimpl, load_weights_file, stage
+from vision_pipe import InputStats, StageContext, StageError, did_you_mean, hookimpl, load_weights_file, stage
 
 from .library import WEIGHT_FILE_SUFFIXES, LibraryBackbone, PoolIndices, is_weights_file, probe_padding
 
@@ -59,13 +59,16 @@ def _check_model(model: str) -> str:
     return arch
 
 
-def _pretrained_args(model: str, pretrained: bool | str) -> tuple[str, dict[str, Any]]:
-    """The name to build and the ``create_model`` arguments for ``pretrained``."""
+def _pretrained_args(model: str, pretrained: bool | str, *, load: bool = True) -> tuple[str, dict[str, Any]]:
+    """The name to build and the ``create_model`` arguments for ``pretrained`` (``load=False``: the same
+    model and tag, its weights left random)."""
     if pretrained is False:
         return model, {"pretrained": False}
     if pretrained is True:
-        return model, {"pretrained": True}
+        return model, {"pretrained": load}
     if is_weights_file(pretrained):
+        if not load:
+            return model, {"pretrained": False}
         state = load_weights_file(Path(pretrained), what="timm weights file")
         return model, {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state}}
     import timm
@@ -78,11 +81,12 @@ def _pretrained_args(model: str, pretrained: bool | str) -> tuple[str, dict[str,
             f"backbone 'timm': model {arch!r} has no pretrained tag {pretrained!r}; its tags: {listed}. "
             f"A local file must end in {', '.join(WEIGHT_FILE_SUFFIXES)}." + did_you_mean(pretrained, tags)
         )
-    return f"{arch}.{pretrained}", {"pretrained": True}
+    return f"{arch}.{pretrained}", {"pretrained": load}
 
 
 @stage("backbone", "timm")
 def timm_backbone(
+    context: StageContext,
     model: str = "resnet18",
     pretrained: bool | str = False,
     out_indices: list[int] | None = None,
@@ -102,7 +106,9 @@ def timm_backbone(
             ...), optionally with a pretrained tag (``resnet50.a1_in1k``).
         pretrained: ``false`` (random init); ``true`` (timm's default tag, downloaded into timm's
             hub cache); a tag (``a1_in1k``); or a local ``.safetensors``/``.pth`` file with the
-            model's state dict (timm's format), read as weights only.
+            model's state dict (timm's format), read as weights only. The tag's input statistics
+            (timm's ``pretrained_cfg`` mean and std; a file: those of the model's default tag)
+            are what ``normalization: {name: pretrained}`` applies.
         out_indices: which of timm's feature levels to keep (0-based, e.g. ``[1, 2, 3, 4]``);
             default all.
         drop_path_rate: stochastic depth rate, for models that have it.
@@ -112,7 +118,8 @@ def timm_backbone(
 
     arch = _check_model(model)
     label = f"backbone 'timm' (model {model!r})"
-    name, args = _pretrained_args(model, pretrained)
+    # restoring: a checkpoint's weights replace them, so neither download nor read them
+    name, args = _pretrained_args(model, pretrained, load=not context.restoring)
     extra = dict(kwargs or {})
     clash = sorted(set(extra) & {"pretrained", "features_only", "out_indices", "drop_path_rate", "model_name"})
     if clash:
@@ -138,6 +145,11 @@ def timm_backbone(
     except TypeError as exc:
         raise StageError(f"{label}: timm does not accept these arguments: {exc}") from exc
     backbone = TimmBackbone(body, label)
+    cfg: Any = getattr(body, "pretrained_cfg", None) or {}
+    if cfg.get("mean") and cfg.get("std") and len(cfg["mean"]) == 3:
+        tag = f"{cfg.get('architecture', arch)}.{cfg['tag']}" if cfg.get("tag") else cfg.get("architecture", arch)
+        backbone.input_stats = InputStats.from_unit(cfg["mean"], cfg["std"], f"timm {tag}")
+    backbone.pretrained = pretrained is not False
     probe_padding(backbone, label)
     return backbone
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vision_pipe import StageError, did_you_mean, hookimpl, load_weights_file, stage
+from vision_pipe import InputStats, StageContext, StageError, did_you_mean, hookimpl, load_weights_file, stage
 
 from .library import LibraryBackbone, PoolIndices, is_weights_file, probe_padding
 
@@ -138,7 +138,9 @@ def _weights(model: str, weights: str | None) -> Any:
 
 
 @stage("backbone", "torchvision")
-def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False) -> TorchvisionBackbone:
+def torchvision_backbone(
+    context: StageContext, model: str = "resnet18", pretrained: bool | str = False
+) -> TorchvisionBackbone:
     """A torchvision classification model as a backbone: its maps named ``stage{k}`` for stride 2**k.
 
     ResNets, VGG, EfficientNet and MobileNet give ``stage1``..``stage5`` (strides 2..32);
@@ -152,7 +154,9 @@ def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False
             ``mobilenet_v2``, ``mobilenet_v3_small``/``_large``.
         pretrained: ``false`` (random init), ``true`` / ``DEFAULT`` or a weights name (``IMAGENET1K_V1``, downloaded
             into torch's hub cache), or a local ``.safetensors``/``.pth`` file with the model's state
-            dict (torchvision's format), read as weights only.
+            dict (torchvision's format), read as weights only. The weights' input statistics
+            (their transforms' mean and std; a file: those of ``DEFAULT``) are what
+            ``normalization: {name: pretrained}`` applies.
     """
     import torchvision
 
@@ -165,11 +169,12 @@ def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False
     label = f"backbone 'torchvision' (model {model!r})"
     weights = "DEFAULT" if pretrained is True else (pretrained or None)
     enum = _weights(model, weights)
+    load = not context.restoring  # restoring: a checkpoint's weights replace them, so neither download nor read them
     try:
-        net = torchvision.models.get_model(model, weights=enum)
+        net = torchvision.models.get_model(model, weights=enum if load else None)
     except Exception as exc:  # a failed download
         raise StageError(f"{label}: cannot get weights {weights!r} (offline? give a local file): {exc}") from exc
-    if weights is not None and enum is None:
+    if load and weights is not None and enum is None:
         state = load_weights_file(Path(weights), what="torchvision weights file")
         try:
             net.load_state_dict(state)
@@ -180,8 +185,23 @@ def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False
     if is_vgg:
         layers = _vgg_pools(layers)
     backbone = TorchvisionBackbone(layers, label, pool_indices=is_vgg)
+    backbone.input_stats = input_stats(model, enum)
+    backbone.pretrained = weights is not None
     probe_padding(backbone, label)
     return backbone
+
+
+def input_stats(model: str, weights: Any = None) -> InputStats | None:
+    """The input statistics of torchvision ``weights`` (an enum member; None: the model's ``DEFAULT``),
+    from their preset transforms; None when they publish none."""
+    import torchvision
+
+    member = weights if weights is not None else torchvision.models.get_model_weights(model).DEFAULT
+    preset = member.transforms()
+    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
+    if mean is None or std is None or len(mean) != 3:
+        return None
+    return InputStats.from_unit(mean, std, f"torchvision {type(member).__name__}.{member.name}")
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:

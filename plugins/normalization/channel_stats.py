@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vision_pipe import Normalizer, StageError, hookimpl, stage
+from vision_pipe import InputStats, Normalizer, StageError, hookimpl, stage
 
 #: A fitted std below this (in pixel units) means a constant channel; dividing by it would blow up.
 _MIN_STD = 1e-3
@@ -36,8 +36,11 @@ class ChannelStats(Normalizer):
     nothing. Before :meth:`fit`, ``mean`` is zeros and ``std`` ones.
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, *, source: str = "the YAML"
+    ) -> None:
         super().__init__()
+        self.source = source
         if (mean is None) != (std is None):
             missing = "std" if std is None else "mean"
             raise StageError(
@@ -99,6 +102,14 @@ class ChannelStats(Normalizer):
             )
         self.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
         self.std.copy_(torch.from_numpy(std.astype(np.float32)))
+
+    @property
+    def input_stats(self) -> InputStats | None:
+        """The given statistics (None while they are to be fitted)."""
+        if self.needs_fit:
+            return None
+        m, d = self.mean.tolist(), self.std.tolist()
+        return InputStats((m[0], m[1], m[2]), (d[0], d[1], d[2]), self.source)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) float32 in [0, 255] → (images - mean[c]) / std[c], (B, 3, H, W) float32."""

@@ -4,7 +4,8 @@ Owns how a check turns what it is given — a registry entry, a factory marked
 with :func:`vision_pipe.stage` (built through a validated registry entry, as a
 pipeline would), any other callable, or an already built stage — into the
 built stage, how messages name that stage, the :class:`ContractError` a broken
-rule raises, and the :class:`StageContext` the kit builds with (``KIT_CLASSES``).
+rule raises, and the :class:`StageContext` the kit builds with (``KIT_CLASSES``, and as the
+input statistics of the backbone ``KIT_INPUT_STATS``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 from vision_pipe.errors import ContractError
 from vision_pipe.registry import StageEntry, make_entry
-from vision_pipe.stages import StageContext, StageInfo
+from vision_pipe.stages import InputStats, StageContext, StageInfo
 
 #: The class names the kit gives stages that need some (background first, for segmentation).
 KIT_CLASSES: tuple[str, ...] = ("background", "circle", "square")
+#: The input statistics of the kit's stand-in pretrained backbone (ImageNet's), seen by normalizations.
+KIT_INPUT_STATS = InputStats((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), "the testing kit (ImageNet's)")
 
 
 def _label(stage_like: Any, kind: str) -> str:
@@ -90,4 +93,10 @@ def _fail(label: str, rule: str) -> ContractError:
 
 
 def _context(task: str = "classification", input_size: tuple[int, int] = (32, 32)) -> StageContext:
-    return StageContext(task=task, seed=0, input_size=tuple(input_size), class_names=KIT_CLASSES)  # type: ignore[arg-type]
+    return StageContext(
+        task=task,
+        seed=0,
+        input_size=tuple(input_size),  # type: ignore[arg-type]
+        class_names=KIT_CLASSES,
+        backbone_input_stats=KIT_INPUT_STATS,
+    )

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from vision_pipe import ChainError, Pipeline, StageError, load_weights_file
+from vision_pipe import ChainError, Pipeline, StageContext, StageError, load_weights_file
 from vision_pipe.cli import main
 from vision_pipe.registry import make_entry
 from vision_pipe.testing import check_backbone
@@ -22,9 +22,10 @@ from vision_pipe_plugins.backbone.timm_backbone import timm_backbone
 from vision_pipe_plugins.backbone.torchvision_backbone import torchvision_backbone
 
 
-def _build(factory: Any, **params: Any) -> Any:
+def _build(factory: Any, *, restoring: bool = False, **params: Any) -> Any:
     """Build through the registry, as a pipeline does (parameters validated)."""
-    return make_entry(factory).build(params, None).eval()
+    context = StageContext(task="classification", seed=0, input_size=(32, 32), restoring=restoring)
+    return make_entry(factory).build(params, context).eval()
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,36 @@ def test_torchvision_weights_from_a_file_give_the_source_models_outputs(tmp_path
         assert torch.equal(backbone(x).maps["stage5"], expected)
     with pytest.raises(StageError, match=r"weights .*r18.safetensors do not fit the model"):
         _build(torchvision_backbone, model="resnet34", pretrained=str(tmp_path / "r18.safetensors"))
+
+
+def test_library_backbones_publish_their_weights_input_statistics(tmp_path: Path) -> None:
+    imagenet = ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    timm_r18 = _build(timm_backbone, model="resnet18")
+    assert not timm_r18.pretrained
+    assert timm_r18.input_stats.source == "timm resnet18.a1_in1k"  # the default tag's, also without weights
+    assert torch.allclose(torch.tensor(timm_r18.input_stats.mean), torch.tensor(imagenet[0]))
+    assert torch.allclose(torch.tensor(timm_r18.input_stats.std), torch.tensor(imagenet[1]))
+    tv_feat = _build(torchvision_backbone, model="vgg16", restoring=True, pretrained="IMAGENET1K_FEATURES")
+    assert tv_feat.input_stats.source == "torchvision VGG16_Weights.IMAGENET1K_FEATURES"
+    assert torch.allclose(torch.tensor(tv_feat.input_stats.std), torch.ones(3))  # Caffe-style: 0..255 kept
+    assert torch.allclose(torch.tensor(tv_feat.input_stats.mean), torch.tensor([123.0, 117.0, 104.0]), atol=0.1)
+    save_file(torchvision.models.resnet18().state_dict(), str(tmp_path / "r18.safetensors"))
+    tv = _build(torchvision_backbone, model="resnet18", pretrained=str(tmp_path / "r18.safetensors"))
+    assert tv.pretrained and tv.input_stats.source == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_restoring_reads_and_downloads_no_weights(tmp_path: Path) -> None:
+    """Built to receive a checkpoint's state, a backbone asks for no weights: none are downloaded
+    (a tag would need the network) and a weights file that is gone is not an error."""
+    gone = str(tmp_path / "gone.safetensors")
+    for factory, model, tag in ((timm_backbone, "resnet10t", "c3_in1k"), (torchvision_backbone, "resnet18", "DEFAULT")):
+        for pretrained in (True, tag, gone):
+            backbone = _build(factory, model=model, pretrained=pretrained, restoring=True)
+            assert backbone.pretrained and backbone.input_stats is not None
+        with pytest.raises(StageError, match="gone.safetensors"):
+            _build(factory, model=model, pretrained=gone)
+    tagged = _build(timm_backbone, model="resnet10t", pretrained="c3_in1k", restoring=True)
+    assert tagged.input_stats.source == "timm resnet10t.c3_in1k"
 
 
 def test_errors_name_the_fix(tmp_path: Path) -> None:
