@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vision_pipe import StageError, did_you_mean, hookimpl, load_weights_file, stage
+from vision_pipe import StageError, did_you_mean, hookimpl, stage
 
-from .library import LibraryBackbone, PoolIndices, is_weights_file, probe_padding
+from .library import LibraryBackbone, PoolIndices, probe_padding, torchvision_model
 
 #: Model-name patterns of the supported families (torchvision classification models).
 FAMILIES = re.compile(
@@ -121,22 +120,6 @@ class TorchvisionBackbone(LibraryBackbone):
         return maps, pools
 
 
-def _weights(model: str, weights: str | None) -> Any:
-    """torchvision's weights enum member for ``weights`` (``DEFAULT``, ``IMAGENET1K_V1``, ...); None for a file."""
-    if weights is None or is_weights_file(weights):
-        return None
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(model)
-    tags = ["DEFAULT", *(tag for tag in enum.__members__ if tag != "DEFAULT")]
-    if weights not in tags:
-        raise StageError(
-            f"backbone 'torchvision': model {model!r} has no weights {weights!r}; its weights: {', '.join(tags)}, "
-            f"or a local .safetensors/.pth file." + did_you_mean(weights, tags)
-        )
-    return enum[weights]
-
-
 @stage("backbone", "torchvision")
 def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False) -> TorchvisionBackbone:
     """A torchvision classification model as a backbone: its maps named ``stage{k}`` for stride 2**k.
@@ -154,8 +137,6 @@ def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False
             into torch's hub cache), or a local ``.safetensors``/``.pth`` file with the model's state
             dict (torchvision's format), read as weights only.
     """
-    import torchvision
-
     supported = torchvision_models()
     if model not in supported:
         raise StageError(
@@ -163,19 +144,7 @@ def torchvision_backbone(model: str = "resnet18", pretrained: bool | str = False
             + did_you_mean(model, supported)
         )
     label = f"backbone 'torchvision' (model {model!r})"
-    weights = "DEFAULT" if pretrained is True else (pretrained or None)
-    enum = _weights(model, weights)
-    try:
-        net = torchvision.models.get_model(model, weights=enum)
-    except Exception as exc:  # a failed download
-        raise StageError(f"{label}: cannot get weights {weights!r} (offline? give a local file): {exc}") from exc
-    if weights is not None and enum is None:
-        state = load_weights_file(Path(weights), what="torchvision weights file")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise StageError(f"{label}: weights {weights} do not fit the model: {exc}") from exc
-    layers = _layers(net)
+    layers = _layers(torchvision_model(model, pretrained, label))
     is_vgg = model.startswith("vgg")
     if is_vgg:
         layers = _vgg_pools(layers)
