@@ -1,7 +1,8 @@
-"""What the ``timm`` and ``torchvision`` backbone stages share: map names, the size contract.
+"""What the library backbone stages share: map names, the size contract, torchvision models and weights.
 
-Not a plugin (no hooks); imported by :mod:`vision_pipe_plugins.backbone.timm_backbone`
-and :mod:`vision_pipe_plugins.backbone.torchvision_backbone`.
+Not a plugin (no hooks); imported by :mod:`vision_pipe_plugins.backbone.timm_backbone`,
+:mod:`vision_pipe_plugins.backbone.torchvision_backbone` and
+:mod:`vision_pipe_plugins.backbone.ssd_vgg`.
 
 **Map names** are the same for both libraries and for the built-in ``vgg``: the map
 at stride 2**k is ``stage{k}`` (stride 2 → ``stage1``, 4 → ``stage2``, ..., 32 →
@@ -23,12 +24,14 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from vision_pipe import Backbone, FeatureInfo, Features, StageError
+from vision_pipe import Backbone, FeatureInfo, Features, InputStats, StageError, did_you_mean, load_weights_file
 
 #: A ``pretrained`` string ending like this is a local file, not a tag or weights name.
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -56,6 +59,61 @@ def stride_names(strides: Sequence[int], label: str) -> list[str]:
 def is_weights_file(value: str) -> bool:
     """Whether a ``pretrained`` string names a local file (by its suffix or a path separator)."""
     return value.endswith(WEIGHT_FILE_SUFFIXES) or "/" in value or "\\" in value
+
+
+def torchvision_weights(model: str, weights: str | None, label: str) -> Any:
+    """torchvision's weights enum member of ``model`` for ``weights`` (``DEFAULT``, ``IMAGENET1K_V1``, ...);
+    None for no weights or a file. :class:`StageError` naming the backbone ``label`` and the model's weights."""
+    if weights is None or is_weights_file(weights):
+        return None
+    import torchvision
+
+    enum = torchvision.models.get_model_weights(model)
+    tags = ["DEFAULT", *(tag for tag in enum.__members__ if tag != "DEFAULT")]
+    if weights not in tags:
+        raise StageError(
+            f"{label}: no weights {weights!r}; its weights: {', '.join(tags)}, "
+            f"or a local .safetensors/.pth file." + did_you_mean(weights, tags)
+        )
+    return enum[weights]
+
+
+def torchvision_model(model: str, pretrained: bool | str, label: str, *, load: bool = True) -> nn.Module:
+    """torchvision's classification model ``model`` with the weights ``pretrained`` names: ``False`` (random
+    init), ``True`` / ``DEFAULT`` or a weights name (downloaded into torch's hub cache), or a local
+    ``.safetensors``/``.pth`` state dict in torchvision's format, read as weights only. ``load=False``
+    (restoring from a checkpoint): the names are checked but no weights are downloaded or read.
+    :class:`StageError` naming the backbone ``label`` for unknown weights, a failed download or a file
+    that does not fit."""
+    import torchvision
+
+    weights = "DEFAULT" if pretrained is True else (pretrained or None)
+    enum = torchvision_weights(model, weights, label)
+    try:
+        net = torchvision.models.get_model(model, weights=enum if load else None)
+    except Exception as exc:  # a failed download
+        raise StageError(f"{label}: cannot get weights {weights!r} (offline? give a local file): {exc}") from exc
+    if load and weights is not None and enum is None:
+        state = load_weights_file(Path(weights), what="torchvision weights file")
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise StageError(f"{label}: weights {weights} do not fit the model: {exc}") from exc
+    return net
+
+
+def torchvision_input_stats(model: str, pretrained: bool | str, label: str) -> InputStats | None:
+    """The input statistics of the torchvision weights ``pretrained`` names (a file, ``False``: the
+    model's ``DEFAULT``), from their preset transforms; None when they publish none."""
+    import torchvision
+
+    weights = "DEFAULT" if pretrained is True else (pretrained or None)
+    member = torchvision_weights(model, weights, label) or torchvision.models.get_model_weights(model).DEFAULT
+    preset = member.transforms()
+    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
+    if mean is None or std is None or len(mean) != 3:
+        return None
+    return InputStats.from_unit(mean, std, f"torchvision {type(member).__name__}.{member.name}")
 
 
 class LibraryBackbone(Backbone):

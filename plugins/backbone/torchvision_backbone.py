@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vision_pipe import InputStats, StageContext, StageError, did_you_mean, hookimpl, load_weights_file, stage
+from vision_pipe import StageContext, StageError, did_you_mean, hookimpl, stage
 
-from .library import LibraryBackbone, PoolIndices, is_weights_file, probe_padding
+from .library import LibraryBackbone, PoolIndices, probe_padding, torchvision_input_stats, torchvision_model
 
 #: Model-name patterns of the supported families (torchvision classification models).
 FAMILIES = re.compile(
@@ -121,22 +120,6 @@ class TorchvisionBackbone(LibraryBackbone):
         return maps, pools
 
 
-def _weights(model: str, weights: str | None) -> Any:
-    """torchvision's weights enum member for ``weights`` (``DEFAULT``, ``IMAGENET1K_V1``, ...); None for a file."""
-    if weights is None or is_weights_file(weights):
-        return None
-    import torchvision
-
-    enum = torchvision.models.get_model_weights(model)
-    tags = ["DEFAULT", *(tag for tag in enum.__members__ if tag != "DEFAULT")]
-    if weights not in tags:
-        raise StageError(
-            f"backbone 'torchvision': model {model!r} has no weights {weights!r}; its weights: {', '.join(tags)}, "
-            f"or a local .safetensors/.pth file." + did_you_mean(weights, tags)
-        )
-    return enum[weights]
-
-
 @stage("backbone", "torchvision")
 def torchvision_backbone(
     context: StageContext, model: str = "resnet18", pretrained: bool | str = False
@@ -158,8 +141,6 @@ def torchvision_backbone(
             (their transforms' mean and std; a file: those of ``DEFAULT``) are what
             ``normalization: {name: pretrained}`` applies.
     """
-    import torchvision
-
     supported = torchvision_models()
     if model not in supported:
         raise StageError(
@@ -167,41 +148,16 @@ def torchvision_backbone(
             + did_you_mean(model, supported)
         )
     label = f"backbone 'torchvision' (model {model!r})"
-    weights = "DEFAULT" if pretrained is True else (pretrained or None)
-    enum = _weights(model, weights)
-    load = not context.restoring  # restoring: a checkpoint's weights replace them, so neither download nor read them
-    try:
-        net = torchvision.models.get_model(model, weights=enum if load else None)
-    except Exception as exc:  # a failed download
-        raise StageError(f"{label}: cannot get weights {weights!r} (offline? give a local file): {exc}") from exc
-    if load and weights is not None and enum is None:
-        state = load_weights_file(Path(weights), what="torchvision weights file")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise StageError(f"{label}: weights {weights} do not fit the model: {exc}") from exc
-    layers = _layers(net)
+    # restoring: a checkpoint's weights replace them, so neither download nor read them
+    layers = _layers(torchvision_model(model, pretrained, label, load=not context.restoring))
     is_vgg = model.startswith("vgg")
     if is_vgg:
         layers = _vgg_pools(layers)
     backbone = TorchvisionBackbone(layers, label, pool_indices=is_vgg)
-    backbone.input_stats = input_stats(model, enum)
-    backbone.pretrained = weights is not None
+    backbone.input_stats = torchvision_input_stats(model, pretrained, label)
+    backbone.pretrained = pretrained is not False
     probe_padding(backbone, label)
     return backbone
-
-
-def input_stats(model: str, weights: Any = None) -> InputStats | None:
-    """The input statistics of torchvision ``weights`` (an enum member; None: the model's ``DEFAULT``),
-    from their preset transforms; None when they publish none."""
-    import torchvision
-
-    member = weights if weights is not None else torchvision.models.get_model_weights(model).DEFAULT
-    preset = member.transforms()
-    mean, std = getattr(preset, "mean", None), getattr(preset, "std", None)
-    if mean is None or std is None or len(mean) != 3:
-        return None
-    return InputStats.from_unit(mean, std, f"torchvision {type(member).__name__}.{member.name}")
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[str]:

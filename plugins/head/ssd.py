@@ -331,7 +331,8 @@ def ssd(
     context: StageContext,
     feature_maps: Annotated[list[str], Field(min_length=1)] | None = None,
     num_maps: AtLeastOne | None = None,
-    extra_channels: Annotated[int, Field(ge=2)] = 256,
+    extra_channels: Annotated[int, Field(ge=2)]
+    | Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)] = 256,
     batch_norm: bool = True,
     min_scale: Fraction = 0.2,
     max_scale: Fraction = 0.9,
@@ -354,7 +355,8 @@ def ssd(
             (SSD300's first map has stride 8), or the coarsest if none has.
         num_maps: how many maps in all; extra down-sampling layers follow the last backbone map
             when it is more than ``feature_maps`` (default: add them until a map is 1×1).
-        extra_channels: channels of each extra layer (1×1 conv to half of it, then a 3×3 conv).
+        extra_channels: channels of each extra layer (1×1 conv to half of it, then a 3×3 conv): one
+            number for all, or one per extra layer (SSD300: ``[512, 256, 256, 256]``).
         batch_norm: batch norm in the extra layers.
         min_scale, max_scale: default-box scales of the finest and coarsest map, as fractions of the
             image's shorter side, spaced linearly in between (paper eq. 4: 0.2, 0.9).

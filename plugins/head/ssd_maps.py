@@ -72,12 +72,18 @@ def backbone_maps(context: StageContext, feature_maps: Sequence[str] | None) -> 
 
 
 def plan_maps(
-    context: StageContext, feature_maps: Sequence[str] | None, num_maps: int | None, extra_channels: int
+    context: StageContext,
+    feature_maps: Sequence[str] | None,
+    num_maps: int | None,
+    extra_channels: int | Sequence[int],
 ) -> list[MapSpec]:
     """The maps the head predicts on at the pipeline's ``input_size`` (h, w) pixels, finest first: the
-    :func:`backbone_maps`, then extra layers up to ``num_maps`` maps (``None``: until a map is 1×1).
+    :func:`backbone_maps`, then extra layers up to ``num_maps`` maps (``None``: until a map is 1×1),
+    each of ``extra_channels`` channels (one number for all, or one per extra layer).
 
-    Raises :class:`ChainError` when the backbone cannot provide them, saying what would work.
+    Raises :class:`ChainError` when the backbone cannot provide them, saying what would work, and
+    when ``extra_channels`` lists another number of extra layers than planned (a :class:`StageError`
+    when ``feature_maps`` and ``num_maps`` fix that number alone).
     """
     chosen = backbone_maps(context, feature_maps)
     backbone_name, input_size = context.backbone_name, context.input_size
@@ -89,19 +95,44 @@ def plan_maps(
             f"({[s.name for s in specs]}{'' if feature_maps else f', its maps of stride >= {DEFAULT_MIN_STRIDE}'}); "
             f"set num_maps >= {len(specs)}, or list at most {num_maps} of them in feature_maps"
         )
-    while (num_maps is None and specs[-1].size != (1, 1)) or (num_maps is not None and len(specs) < num_maps):
-        if specs[-1].size == (1, 1) and num_maps is not None:
+    sizes = [s.size for s in specs]  # then the extra layers' (h, w)
+    while (num_maps is None and sizes[-1] != (1, 1)) or (num_maps is not None and len(sizes) < num_maps):
+        if sizes[-1] == (1, 1) and num_maps is not None:
             raise ChainError(
                 f"head 'ssd': num_maps {num_maps} needs {num_maps - len(chosen)} extra layers after map "
                 f"'{chosen[-1].name}' of backbone '{backbone_name}', but with input_size {list(input_size)} "
-                f"the maps reach 1×1 after {len(specs) - len(chosen)} ({[s.size for s in specs]}); "
-                f"use num_maps <= {len(specs)} (or leave it out: down to 1×1), a larger input_size, "
+                f"the maps reach 1×1 after {len(sizes) - len(chosen)} ({sizes}); "
+                f"use num_maps <= {len(sizes)} (or leave it out: down to 1×1), a larger input_size, "
                 f"or finer feature_maps"
             )
-        specs.append(
-            MapSpec(f"extra{len(specs) - len(chosen) + 1}", extra_channels, extra_output_size(specs[-1].size), True)
+        sizes.append(extra_output_size(sizes[-1]))
+    channels = _extra_channels(
+        extra_channels, sizes[len(chosen) :], chosen[-1].name, fixed=None not in (feature_maps, num_maps)
+    )
+    extras = [
+        MapSpec(f"extra{i}", c, size, True)
+        for i, (c, size) in enumerate(zip(channels, sizes[len(chosen) :], strict=True), start=1)
+    ]
+    return specs + extras
+
+
+def _extra_channels(
+    extra_channels: int | Sequence[int], sizes: Sequence[tuple[int, int]], after: str, *, fixed: bool
+) -> list[int]:
+    """One channel count per extra layer of output ``sizes``: ``extra_channels`` repeated, or the list
+    itself when it has one per layer; else a :class:`StageError` (``fixed``: the number of extra layers
+    follows from the parameters alone) or a :class:`ChainError` (it follows from the backbone and input size)."""
+    if isinstance(extra_channels, int):
+        return [extra_channels] * len(sizes)
+    if len(extra_channels) != len(sizes):
+        plan = ", ".join(f"{h}×{w}" for h, w in sizes) or "none"
+        message = (
+            f"head 'ssd': extra_channels lists {len(extra_channels)} channel counts but the head adds "
+            f"{len(sizes)} extra layers after map '{after}' ({plan}); list {len(sizes)} numbers, give one number "
+            f"for all of them, or change num_maps"
         )
-    return specs
+        raise StageError(message) if fixed else ChainError(message)
+    return [int(c) for c in extra_channels]
 
 
 def resolve_aspect_ratios(

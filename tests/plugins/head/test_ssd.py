@@ -119,6 +119,38 @@ def test_default_maps_are_those_of_stride_8_and_more_then_extras_down_to_1x1(sma
     assert [m.size for m in head.maps] == [(4, 4), (2, 2), (1, 1)]
 
 
+def test_extra_channels_one_per_extra_layer(small_vgg) -> None:
+    # 32 px: stage3 4×4 (16 channels) → extra1 2×2, extra2 1×1
+    head = ssd(make_context(small_vgg, (32, 32)), extra_channels=[12, 6], batch_norm=False).eval()
+    assert [(m.name, m.channels) for m in head.maps] == [("stage3", 16), ("extra1", 12), ("extra2", 6)]
+    convs = [[m for m in extra if isinstance(m, torch.nn.Conv2d)] for extra in head.extras]
+    assert [[(c.in_channels, c.out_channels) for c in pair] for pair in convs] == [
+        [(16, 6), (6, 12)],
+        [(12, 3), (3, 6)],
+    ]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in head.extras.modules())
+    assert [h.in_channels for h in head.cls_heads] == [16, 12, 6]
+    with torch.no_grad():
+        out = head(small_vgg.eval()(torch.zeros(1, 3, 32, 32)))
+    assert out.cls_logits.shape == (1, head.num_defaults, len(NAMES) + 1)
+
+
+def test_extra_channels_list_of_another_length_names_the_plan(small_vgg) -> None:
+    # how many extra layers follows from the backbone and the input size: a chain error
+    with pytest.raises(
+        ChainError,
+        match=r"extra_channels lists 3 channel counts but the head adds 2 extra layers after map 'stage3' \(2×2, 1×1\); list 2 numbers",
+    ):
+        ssd(make_context(small_vgg, (32, 32)), extra_channels=[8, 8, 8])
+    # feature_maps and num_maps fix it alone: a stage error
+    with pytest.raises(StageError, match=r"extra_channels lists 1 channel counts but the head adds 2 extra layers"):
+        ssd(make_context(small_vgg, (32, 32)), feature_maps=["stage2", "stage3"], num_maps=4, extra_channels=[8])
+    with pytest.raises(StageError, match=r"extra_channels: .*it must be int ≥ 2 \| list\[int ≥ 2\]"):
+        make_entry(ssd).build({"extra_channels": [8, 1]}, make_context(small_vgg))
+    with pytest.raises(StageError, match=r"extra_channels"):
+        make_entry(ssd).build({"extra_channels": []}, make_context(small_vgg))
+
+
 def test_default_box_positions_through_the_head_by_hand(small_vgg) -> None:
     # maps 8×8 (stage2) and 4×4 (stage3), scales 0.25 and 0.75, ratio 1 only: 2 boxes per cell
     head = ssd(
@@ -136,11 +168,15 @@ def test_default_box_positions_through_the_head_by_hand(small_vgg) -> None:
     assert defaults.shape == (8 * 8 * 2 + 4 * 4 * 2, 4)
     extra = math.sqrt(0.25 * 0.75)
     # first cell of the 8×8 map: centre (1/16, 1/16), scale 0.25, then sqrt(0.25 * 0.75)
-    torch.testing.assert_close(defaults[0], torch.tensor([1 / 16 - 0.125, 1 / 16 - 0.125, 1 / 16 + 0.125, 1 / 16 + 0.125]))
+    torch.testing.assert_close(
+        defaults[0], torch.tensor([1 / 16 - 0.125, 1 / 16 - 0.125, 1 / 16 + 0.125, 1 / 16 + 0.125])
+    )
     e = extra / 2
     torch.testing.assert_close(defaults[1], torch.tensor([1 / 16 - e, 1 / 16 - e, 1 / 16 + e, 1 / 16 + e]))
     # cell (row 0, column 1): centre x 3/16
-    torch.testing.assert_close(defaults[2], torch.tensor([3 / 16 - 0.125, 1 / 16 - 0.125, 3 / 16 + 0.125, 1 / 16 + 0.125]))
+    torch.testing.assert_close(
+        defaults[2], torch.tensor([3 / 16 - 0.125, 1 / 16 - 0.125, 3 / 16 + 0.125, 1 / 16 + 0.125])
+    )
     # 4×4 map, cell (row 1, column 2): centre (5/8, 3/8), scale 0.75, extra sqrt(0.75 * 1)
     i = 128 + (1 * 4 + 2) * 2
     torch.testing.assert_close(defaults[i], torch.tensor([5 / 8 - 0.375, 3 / 8 - 0.375, 5 / 8 + 0.375, 3 / 8 + 0.375]))
