@@ -29,7 +29,7 @@ from vision_pipe.config import PipelineConfig, validate_stage_params
 from vision_pipe.config_files import Loc, Locations, dotted
 from vision_pipe.data import PipelineDataModule, default_num_workers, make_splits
 from vision_pipe.errors import ChainError, ContractError, DataError, StageError, VisionPipeError
-from vision_pipe.finetune import apply_weights_and_freeze
+from vision_pipe.finetune import apply_weights_and_freeze, freeze_unused
 from vision_pipe.io import set_max_image_pixels
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS
@@ -241,6 +241,21 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         unfreeze=(unfreeze_at, frozen) if unfreeze_at is not None else None,
     )
     module.weights_report = weights_report
+    if from_checkpoint is None:  # to be trained: what no output depends on gets no gradient to wait for under DDP
+        try:
+            module.unused_parameters = freeze_unused(module, cfg.data.input_size, task)
+        except VisionPipeError:
+            raise
+        except Exception as exc:
+            raise ContractError(
+                f"{b.label(head_loc)}: a forward pass of the model (backbone '{cfg.model.backbone['name']}' → head "
+                f"'{cfg.model.head['name']}') on one {tuple(cfg.data.input_size)} image failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if module.unfreeze_plan is not None:
+            epoch, names = module.unfreeze_plan
+            unused = {n.removeprefix("backbone.") for n in module.unused_parameters}
+            module.unfreeze_plan = (epoch, [n for n in names if n not in unused])
     datamodule = None
     if splits:
         workers = cfg.data.num_workers

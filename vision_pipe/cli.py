@@ -309,6 +309,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"  backbone      {cfg.model.backbone['name']}{weights}: {maps}")
         n_params = sum(p.numel() for p in pipe.module.parameters())
         print(f"  head          {cfg.model.head['name']}  ({n_params:,} parameters in the model)")
+        unused = pipe.module.unused_parameters
+        if unused:
+            shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+            print(f"  unused        {len(unused)} parameter tensors no output depends on, frozen: {shown}")
         if args.data:
             _preflight(pipe)
         return 0

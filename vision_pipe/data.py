@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -236,6 +237,15 @@ def default_num_workers() -> int:
 # ----------------------------------------------------------------------------
 
 
+def drops_last_batch(num_samples: int, batch_size: int, world_size: int = 1) -> bool:
+    """Whether training drops its last partial batch: when a process's last batch would hold a single
+    image, which breaks batch norm (no batch statistics). Under DDP each of the ``world_size`` processes
+    trains on ceil(num_samples / world_size) samples (Lightning's DistributedSampler pads to equal shares),
+    so this is decided on that share, not on the whole split."""
+    share = math.ceil(num_samples / max(1, world_size))
+    return share > 1 and share % batch_size == 1
+
+
 class PipelineDataModule(pl.LightningDataModule):
     """Train/val/test loaders of a pipeline (built by :class:`vision_pipe.Pipeline`)."""
 
@@ -286,8 +296,7 @@ class PipelineDataModule(pl.LightningDataModule):
             pin_memory=on_gpu,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=_worker_init if self.num_workers else None,
-            # a last training batch of a single image would break batch norm (no batch statistics)
-            drop_last=shuffle and len(ds) % self.batch_size == 1 and len(ds) > 1,
+            drop_last=shuffle and drops_last_batch(len(ds), self.batch_size, getattr(self.trainer, "world_size", 1)),
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:

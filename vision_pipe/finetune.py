@@ -5,23 +5,28 @@ Files are read by :mod:`vision_pipe.checkpoints` (weights only unless trusted). 
 the ``model.backbone`` keys ``weights`` / ``strict`` (loading with a
 :class:`WeightsReport`), ``freeze`` (:func:`apply_weights_and_freeze`, with
 :class:`FrozenBatchNorm1d` / :class:`FrozenBatchNorm2d`) and ``unfreeze_at_epoch``
-(:class:`UnfreezeBackbone`).
+(:class:`UnfreezeBackbone`), and freezes what the model never uses (:func:`freeze_unused`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from vision_pipe.checkpoints import load_torch_file
 from vision_pipe.errors import ConfigError, StageError, VisionPipeError
+from vision_pipe.tasks import get_task
+
+if TYPE_CHECKING:
+    from vision_pipe.module import PipelineModule
 
 log = logging.getLogger("vision_pipe")
 
@@ -285,3 +290,71 @@ __all__ = [
     "load_weights",
     "unfreeze_batch_norm_statistics",
 ]
+
+
+# ----------------------------------------------------------------------------
+# Parameters the model never uses
+# ----------------------------------------------------------------------------
+
+
+def _output_tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a head's raw outputs (a tensor, a dataclass, a mapping or a sequence of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return [t for f in fields(value) for t in _output_tensors(getattr(value, f.name))]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _output_tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _output_tensors(v)]
+    return []
+
+
+def freeze_unused(module: PipelineModule, input_size: tuple[int, int], task: str) -> list[str]:
+    """Freeze the parameters that neither the model's outputs nor its loss depend on; return their names.
+
+    One forward of a batch of two random (3, H, W) images at ``input_size`` with random ``task``
+    targets, in eval mode: a parameter with no path to any output tensor or to the head's loss (a
+    backbone stage after the map a head uses, a fallback layer that is never taken) gets no
+    gradient, and DDP would wait for it forever ("Expected to have finished reduction ..."), so it
+    stops requiring one (the optimizer skips it, and ``unfreeze_at_epoch`` must not bring it
+    back). Frozen parameters are probed too; the caller's random state is left alone.
+    """
+    params = [(name, p) for name, p in module.named_parameters() if p.is_floating_point()]
+    if not params:
+        return []
+    flags = [p.requires_grad for _, p in params]
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        for _, p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            rng = np.random.default_rng(0)
+            images = torch.from_numpy(rng.integers(0, 256, (2, 3, *input_size), dtype=np.uint8))
+            batch: dict[str, Any] = {"image": images, "meta": [{"id": f"probe:{i}"} for i in range(2)]}
+            batch.update(get_task(task).random_targets(rng, 2, input_size, module.head.num_classes))
+            raw = module(images)
+            outputs = [t for t in _output_tensors(raw) if t.requires_grad]
+            try:
+                outputs += [module.head.loss(raw, batch)["loss"]]  # type: ignore[arg-type]
+            except Exception as exc:  # the run's first step will say it better
+                log.debug("freeze_unused: the head's loss on random targets failed: %s", exc)
+            grads: Sequence[torch.Tensor | None] = [None] * len(params)
+            if outputs:
+                total = torch.stack([t.float().sum() for t in outputs]).sum()
+                grads = torch.autograd.grad(total, [p for _, p in params], allow_unused=True)
+    finally:
+        for (_, p), flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+        for m, mode in modes.items():
+            m.train(mode)
+    if not outputs:
+        return []
+    unused = [name for (name, p), g in zip(params, grads, strict=True) if g is None]
+    for name, p in params:
+        if name in unused:
+            p.requires_grad_(False)
+    if unused:
+        log.info("%d parameter tensors the outputs do not depend on are frozen: %s", len(unused), _some(unused))
+    return unused

@@ -88,6 +88,8 @@ class PipelineModule(pl.LightningModule):
         self.unfreeze_plan = (unfreeze[0], list(unfreeze[1])) if unfreeze is not None else None
         #: what loading ``model.backbone.weights`` did (the run's ``weights.json``); set by the build
         self.weights_report: WeightsReport | None = None
+        #: parameters no output depends on, frozen at build (:func:`~vision_pipe.finetune.freeze_unused`)
+        self.unused_parameters: list[str] = []
         if channels_last:
             self.to(memory_format=torch.channels_last)
 

@@ -30,12 +30,12 @@ import numpy as np
 import pytorch_lightning as pl
 
 from vision_pipe.build import CheckpointClasses, build_pipeline
-from vision_pipe.cache import fit_normalizer
+from vision_pipe.cache import cache_dir, fit_normalizer
 from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 from vision_pipe.data import PipelineDataModule
-from vision_pipe.distributed import wait_for_rank_zero
+from vision_pipe.distributed import share_cache, wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches
@@ -228,6 +228,7 @@ class Pipeline:
             return self.preflight_report
         dm = self._require_data("check the data")
         num_classes = len(self.class_names)
+        share_cache(cache_dir())  # a secondary process that cannot see rank 0's cache folder stops here
         wait_for_rank_zero(preflight_cache_path(self.splits, self.config.task, num_classes), "pre-flight report")
         report = run_preflight(self.splits, self.config.task, num_classes, dm.num_workers)
         self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)

@@ -27,7 +27,7 @@ import yaml
 
 from vision_pipe.config import PipelineConfig
 from vision_pipe.data import SubsetSource
-from vision_pipe.distributed import is_secondary_process, private_run_dir
+from vision_pipe.distributed import check_shared_run_dir, is_secondary_process, private_run_dir
 from vision_pipe.io import atomic_write_bytes, atomic_write_text
 from vision_pipe.preflight import PreflightReport
 from vision_pipe.stages import Normalizer, SampleSource
@@ -144,6 +144,7 @@ class RunArtifacts(pl.Callback):
         self.metrics: dict[str, float] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_shared_run_dir(trainer, self.run_dir)
         report = getattr(pl_module, "weights_report", None)
         if report is not None and trainer.is_global_zero:
             atomic_write_text(self.run_dir / "weights.json", json.dumps(report.as_dict(), indent=2))

@@ -538,3 +538,14 @@ def test_a_last_training_batch_of_one_image_is_dropped(n: int, dropped: bool) ->
     sizes = [len(b["label"]) for b in dm.train_dataloader()]
     assert sum(sizes) == n - (1 if dropped else 0)
     assert sum(len(b["label"]) for b in dm.test_dataloader()) == n  # evaluation sees every sample
+
+
+def test_training_drops_a_last_batch_of_one_image_per_process() -> None:
+    from vision_pipe.data import drops_last_batch
+
+    assert drops_last_batch(17, 16) and not drops_last_batch(18, 16) and not drops_last_batch(1, 16)
+    # 2 processes share 34 samples as 17 + 17: each has a last batch of one, the whole split (34 = 2·16 + 2) not
+    assert drops_last_batch(34, 16, world_size=2) and not drops_last_batch(34, 16)
+    # 33 samples: one process ends on a single image; 2 processes get 17 each (DistributedSampler pads)
+    assert drops_last_batch(33, 16) and drops_last_batch(33, 16, world_size=2)
+    assert not drops_last_batch(36, 16, world_size=2) and not drops_last_batch(36, 16, world_size=1)

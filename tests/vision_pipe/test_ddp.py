@@ -18,17 +18,21 @@ import yaml
 
 from vision_pipe import Pipeline
 from vision_pipe.distributed import (
+    MARKER_ENV,
+    check_shared_run_dir,
     evaluation_sampler,
     is_secondary_process,
+    share_cache,
     wait_for_rank_zero,
 )
+from vision_pipe.errors import VisionPipeError
 
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @pytest.fixture
 def single_process_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in RANK_VARIABLES:
+    for name in (*RANK_VARIABLES, MARKER_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -122,3 +126,74 @@ def test_evaluation_sampler_splits_without_repeating() -> None:
     assert evaluation_sampler(data, None) is None
     shares = [list(evaluation_sampler(data, FakeTrainer(rank))) for rank in (0, 1)]
     assert sorted(shares[0] + shares[1]) == data and {len(s) for s in shares} == {5, 6}
+
+
+UNUSED_PARAMETER_RUNS = {
+    # the fcn head's bilinear fallback layers are never taken when every step has pooling indices
+    "fcn-unpool": {"task": "segmentation", "head": {"name": "fcn", "upsample": "unpool", "channels": 8, "skips": "fcn16"}},
+    # a classification head on the first map: the backbone's second stage feeds nothing
+    "early-feature": {"task": "classification", "head": {"name": "classification", "feature": "stage1"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSED_PARAMETER_RUNS))
+def test_ddp_trains_models_with_parameters_no_output_uses(
+    tiny_config, tmp_path: Path, single_process_env, case: str
+) -> None:
+    """DDP would wait forever for gradients of parameters that no output depends on ("Expected to have
+    finished reduction"): the build freezes them, so 2-process training runs without find_unused_parameters."""
+    spec = UNUSED_PARAMETER_RUNS[case]
+    config = copy.deepcopy(tiny_config)
+    config["task"] = spec["task"]
+    config["model"]["head"] = spec["head"]
+    config["data"]["loader"]["num_images"] = 40
+    config["data"]["batch_size"] = 4  # 3 steps per process: DDP notices a missing gradient at the second
+    config["trainer"].update(strategy="ddp", devices=2, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    pipe = Pipeline.from_yaml(path)
+    assert pipe.module.unused_parameters  # what the probe found, frozen
+    assert all(not p.requires_grad for n, p in pipe.module.named_parameters() if n in pipe.module.unused_parameters)
+    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "--no-test", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Expected to have finished reduction" not in proc.stderr
+
+
+def test_a_rank_that_cannot_see_rank_zeros_cache_stops_at_once(tmp_path: Path, monkeypatch, single_process_env) -> None:
+    """Rank 0 leaves a marker in its cache folder and names it in the environment its launcher passes on;
+    a secondary process whose cache folder is another one (not shared) stops with a message, not a wait."""
+    share_cache(tmp_path / "cache0")
+    marker = Path(os.environ[MARKER_ENV])
+    assert marker.is_file() and marker.parent == tmp_path / "cache0" / "ranks"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    share_cache(tmp_path / "cache0")  # it sees the marker: the cache is shared
+    monkeypatch.setenv(MARKER_ENV, str(tmp_path / "elsewhere" / "ranks" / "node0-1"))
+    with pytest.raises(VisionPipeError, match=r"cannot see rank 0's cache folder .*file system every node sees"):
+        share_cache(tmp_path / "cache1")
+
+
+class _Strategy:
+    """Two processes as Lightning's strategy reports them: rank 0's broadcast, an all-ranks decision."""
+
+    def __init__(self, other_sees: bool) -> None:
+        self.other_sees = other_sees
+
+    def broadcast(self, obj: str, src: int = 0) -> str:
+        return obj
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:  # noqa: A002 - Lightning's name
+        return decision and self.other_sees
+
+
+class _Trainer:
+    world_size = 2
+
+    def __init__(self, other_sees: bool) -> None:
+        self.strategy = _Strategy(other_sees)
+
+
+def test_a_run_directory_not_seen_by_every_process_is_an_error_in_all(tmp_path: Path) -> None:
+    check_shared_run_dir(_Trainer(other_sees=True), tmp_path)
+    with pytest.raises(VisionPipeError, match=r"run directory .* not visible in every process.*output_dir"):
+        check_shared_run_dir(_Trainer(other_sees=False), tmp_path)

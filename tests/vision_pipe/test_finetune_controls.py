@@ -227,3 +227,18 @@ def test_unfreezing_is_refused_with_several_processes():
     with pytest.raises(VisionPipeError, match=r"model\.backbone\.unfreeze_at_epoch: .*2 processes"):
         callback.setup(trainer, None, "fit")  # type: ignore[arg-type]
     callback.setup(types.SimpleNamespace(world_size=1), None, "fit")  # type: ignore[arg-type]
+
+
+def test_parameters_no_output_uses_are_frozen_and_never_unfrozen(tiny_config):
+    """A head on the first map leaves the backbone's second stage without any use: frozen at build,
+    also when ``freeze`` had already frozen it, and left out of what ``unfreeze_at_epoch`` brings back."""
+    tiny_config["model"]["head"]["feature"] = "stage1"
+    tiny_config["model"]["backbone"].update(freeze=["stage1", "stage2"], unfreeze_at_epoch=1)
+    pipe = Pipeline.from_dict(tiny_config)
+    module = pipe.module
+    stage2 = sorted(n for n, _ in module.named_parameters() if n.startswith("backbone.stage2."))
+    assert stage2 and sorted(module.unused_parameters) == stage2
+    _, names = module.unfreeze_plan
+    assert names and all(n.startswith("stage1.") for n in names)
+    assert not any(p.requires_grad for n, p in module.named_parameters() if n in stage2)
+    assert all(p.requires_grad for n, p in module.named_parameters() if n.startswith("head."))
