@@ -133,6 +133,11 @@ UNUSED_PARAMETER_RUNS = {
     "fcn-unpool": {"task": "segmentation", "head": {"name": "fcn", "upsample": "unpool", "channels": 8, "skips": "fcn16"}},
     # a classification head on the first map: the backbone's second stage feeds nothing
     "early-feature": {"task": "classification", "head": {"name": "classification", "feature": "stage1"}},
+    # SSD predictors on the first map only: again the backbone's second stage feeds nothing
+    "ssd-early-maps": {
+        "task": "detection",
+        "head": {"name": "ssd", "feature_maps": ["stage1"], "num_maps": 1, "batch_norm": False},
+    },
 }
 
 
@@ -197,3 +202,47 @@ def test_a_run_directory_not_seen_by_every_process_is_an_error_in_all(tmp_path: 
     check_shared_run_dir(_Trainer(other_sees=True), tmp_path)
     with pytest.raises(VisionPipeError, match=r"run directory .* not visible in every process.*output_dir"):
         check_shared_run_dir(_Trainer(other_sees=False), tmp_path)
+
+
+def test_ddp_detection_metrics_on_a_split_that_does_not_divide_equal_one_process(
+    tiny_config, tmp_path: Path, single_process_env
+) -> None:
+    """5 test images on 2 processes (3 + 2): torchmetrics' mAP used to gather its per-image lists with one
+    collective per image, so the processes' collectives stopped lining up (gloo: a mismatch, NCCL: a hang).
+    Synced once per evaluation, in the split's order, the metrics equal a one-process test exactly."""
+    config = copy.deepcopy(tiny_config)
+    config["task"] = "detection"
+    config["data"]["input_size"] = [32, 32]
+    config["data"]["loader"].update(size=32, num_images=25)  # 15 / 5 / 5
+    config["model"]["head"] = {"name": "ssd", "extra_channels": 8, "batch_norm": False}
+    config["trainer"].update(strategy="ddp", devices=2, max_epochs=3)
+    config["data"]["batch_size"] = 4
+    path = tmp_path / "det_ddp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    ddp = json.loads((run / "metrics.json").read_text())
+
+    single = Pipeline.from_yaml(path, ["trainer.strategy=auto", "trainer.devices=1"])
+    metrics = single.test(run / "checkpoints" / "best.ckpt")
+    # the SSD loss divides by the matched boxes of each batch, and the processes' batches are others
+    keys = [k for k in metrics if k.startswith("test/") and not k.startswith("test/loss")]
+    assert "test/map" in keys and "test/mar_100" in keys
+    assert metrics["test/mar_100"] > 0  # the comparison is of detections, not of empty results
+    for key in keys:
+        if math.isnan(metrics[key]):
+            assert math.isnan(ddp[key]), key
+        else:
+            assert ddp[key] == metrics[key], key
+
+
+def test_interleave_restores_the_evaluation_samplers_order() -> None:
+    from vision_pipe.tasks.metric_sync import interleave
+
+    data = list(range(11))
+    shares = [data[r::3] for r in range(3)]  # what evaluation_sampler gives 3 processes
+    assert interleave(shares) == data
+    assert interleave([[0, 1], [2, 3, 4]]) == [0, 1, 2, 3, 4]  # not a sampler's shape: in rank order
+    assert interleave([[], []]) == []

@@ -73,9 +73,9 @@ class ClassificationTask(Task):
         n = num_classes
         return torchmetrics.MetricCollection(
             {
-                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
-                "acc_top5": MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro"),
-                "confmat": MulticlassConfusionMatrix(num_classes=n),
+                "acc": MulticlassAccuracy(num_classes=n, average="micro", validate_args=False),
+                "acc_top5": MulticlassAccuracy(num_classes=n, top_k=min(5, n), average="micro", validate_args=False),
+                "confmat": MulticlassConfusionMatrix(num_classes=n, validate_args=False),
             }
         )
 

@@ -3,7 +3,8 @@
 Owns the boxes' check, their path through albumentations (``pascal_voc`` boxes
 clipped to the image and dropped by the :class:`~vision_pipe.config.BoxRules`)
 and their per-image tensors, the metrics (COCO mAP through torchmetrics'
-``MeanAveragePrecision``, ``difficult`` objects ignored as VOC does) with their
+``MeanAveragePrecision``, ``difficult`` objects ignored as VOC does, synced across
+processes once per evaluation) with their
 summary (``map``, ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>``,
 ``ap_50/<class>``) and pictures (``ap_per_class.csv``, ``precision_recall.png``),
 drawing a :class:`~vision_pipe.results.DetectionPrediction` and the run's
@@ -17,6 +18,7 @@ xyxy in pixels of the model input, "scores": (K,), "labels": (K,) int64 in
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -121,10 +123,9 @@ class DetectionTask(Task):
         """COCO-style mean average precision over IoU 0.5:0.95, per class, with the precision array
         (``extended_summary``) from which per-class AP at IoU 0.5 is read."""
         import torchmetrics
-        from torchmetrics.detection import MeanAveragePrecision
 
         return torchmetrics.MetricCollection(
-            {"map": MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)}
+            {"map": _mean_ap_class()(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)}
         )
 
     def update_metrics(
@@ -227,6 +228,17 @@ class DetectionTask(Task):
     def describe(self, prediction: Prediction) -> str:
         prediction = cast(DetectionPrediction, prediction)
         return f"{prediction.id}: {len(prediction.boxes)} object(s)"
+
+
+@functools.cache
+def _mean_ap_class() -> type:
+    """torchmetrics' ``MeanAveragePrecision`` synced across processes with one collective per evaluation
+    (:class:`~vision_pipe.tasks.metric_sync.SyncListsOnce`; made on first use: importing the task needs no torch)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from vision_pipe.tasks.metric_sync import SyncListsOnce
+
+    return type("MeanAveragePrecision", (SyncListsOnce, MeanAveragePrecision), {"__module__": __name__})
 
 
 def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> Tensor:

@@ -80,9 +80,15 @@ class SegmentationTask(Task):
         return torchmetrics.MetricCollection(
             {
                 "iou": MulticlassJaccardIndex(
-                    num_classes=n, average="none", ignore_index=ignore_index, zero_division=math.nan
+                    num_classes=n,
+                    average="none",
+                    ignore_index=ignore_index,
+                    zero_division=math.nan,
+                    validate_args=False,
                 ),
-                "pixel_acc": MulticlassAccuracy(num_classes=n, average="micro", ignore_index=ignore_index),
+                "pixel_acc": MulticlassAccuracy(
+                    num_classes=n, average="micro", ignore_index=ignore_index, validate_args=False
+                ),
             }
         )
 
