@@ -42,9 +42,9 @@ import pytorch_lightning as pl
 import torch
 
 from vision_pipe import Pipeline, hookimpl
+from vision_pipe.data import cpu_count as _cpu_count
 from vision_pipe.module import make_optimizer
 from vision_pipe.plugins import PluginManager
-from vision_pipe.trainer import cpu_count as _cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = {"classification": 2000, "detection": 1000}

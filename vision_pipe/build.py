@@ -27,7 +27,7 @@ import torch
 
 from vision_pipe.config import PipelineConfig, validate_stage_params
 from vision_pipe.config_files import Loc, Locations, dotted
-from vision_pipe.data import PipelineDataModule, default_num_workers, make_splits
+from vision_pipe.data import PipelineDataModule, default_num_workers, local_processes, make_splits
 from vision_pipe.errors import ChainError, ContractError, DataError, StageError, VisionPipeError
 from vision_pipe.finetune import apply_weights_and_freeze, freeze_unused
 from vision_pipe.io import set_max_image_pixels
@@ -265,7 +265,7 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
             cfg.data.input_size,
             augmentations,
             cfg.data.batch_size,
-            default_num_workers() if workers == "auto" else workers,
+            default_num_workers(local_processes(cfg.trainer)) if workers == "auto" else workers,
             boxes=cfg.data.boxes,
         )
     return BuiltPipeline(stages, class_names, class_colors, splits, b.resolved, module, datamodule)

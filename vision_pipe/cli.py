@@ -2,7 +2,8 @@
 
     vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--trust-checkpoint]
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
-    vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--plugin MODULE] [--trust-checkpoint]
+    vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--device DEVICE] [--plugin MODULE]
+                        [--trust-checkpoint]
     vision-pipe predict MODEL.onnx INPUT... [--out DIR]     (ONNX Runtime, no torch imported)
     vision-pipe export CKPT [--format onnx] [--out DIR] [--opset N] [--dynamic-batch] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
@@ -111,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="where to predict: auto (default: the GPU when there is one), cpu, cuda, cuda:N or mps; "
+        "on a GPU under the pipeline's trainer.precision (checkpoints only, not model.onnx)",
+    )
     _add_checkpoint_plugins(p)
     _add_trust(p)
     _add_common(p, overrides=False)
@@ -380,7 +388,7 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
         pipe = Pipeline.from_yaml(source, manager=manager, trust=args.trust_checkpoint)
         pipe.load_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     paths = _expand_inputs(args.inputs)
-    predictions = pipe.predict(paths, out=args.out)
+    predictions = pipe.predict(paths, out=args.out, device=args.device)
     for pred in predictions:
         print(_describe(pred))
     extra = ", detections_coco.json" if predictions and "boxes" in predictions[0].to_dict() else ""
@@ -404,6 +412,11 @@ def _predict_onnx(args: argparse.Namespace) -> int:
     if args.ckpt:
         raise VisionPipeError("predict with an exported model (.onnx) takes no --ckpt: the model holds the weights")
     prepare_out_dir(args.out)
+    if args.device not in ("auto", "cpu"):
+        raise VisionPipeError(
+            f"--device {args.device}: an exported model.onnx runs on the CPU with ONNX Runtime; "
+            "predict from the checkpoint to use a GPU"
+        )
     predictor = OnnxPredictor(args.source)
     paths = _expand_inputs(args.inputs)
     predictions = predictor.predict(paths)

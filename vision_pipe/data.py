@@ -227,9 +227,41 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def default_num_workers() -> int:
-    """One worker per CPU core but one (kept for the training loop), at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+def cpu_count() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def local_processes(trainer: Mapping[str, Any] | None = None) -> int:
+    """How many training processes share this machine: ``$LOCAL_WORLD_SIZE`` (torchrun),
+    ``$SLURM_NTASKS_PER_NODE`` (SLURM), else what the ``trainer`` config asks for — ``devices`` as a
+    count or a list, ``auto``/``-1`` being every GPU of the machine (one process on a CPU)."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "").split("(")[0]  # SLURM may say "4(x2)"
+        if value.strip().isdigit() and int(value) > 0:
+            return int(value)
+    trainer = trainer or {}
+    devices = trainer.get("devices", "auto")
+    if isinstance(devices, (list, tuple)):
+        return max(1, len(devices))
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    import torch
+
+    on_gpu = str(trainer.get("accelerator", "auto")).lower() in ("auto", "gpu", "cuda")
+    return max(1, torch.cuda.device_count()) if on_gpu and torch.cuda.is_available() else 1
+
+
+def default_num_workers(processes: int = 1) -> int:
+    """DataLoader workers per training process for ``num_workers: auto``: this process's share of the
+    cores it may run on (:func:`cpu_count` over ``processes`` local processes), less one core for the
+    process itself — no fixed cap, so a 64-core GPU node feeds its GPUs with all its cores."""
+    return max(0, cpu_count() // max(1, processes) - 1)
 
 
 # ----------------------------------------------------------------------------

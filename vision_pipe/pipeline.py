@@ -38,7 +38,7 @@ from vision_pipe.data import PipelineDataModule
 from vision_pipe.distributed import share_cache, wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
 from vision_pipe.plugins import PluginManager
-from vision_pipe.predict import LazyImages, predict_batches
+from vision_pipe.predict import LazyImages, predict_batches, predict_device
 from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import prepare_out_dir, write_predictions
@@ -366,8 +366,13 @@ class Pipeline:
         batch_size: int | None = None,
         out: str | Path | None = None,
         trust: bool = False,
+        device: str | None = None,
     ) -> list[Prediction]:
         """Predict on image files and/or (H, W, 3) uint8 RGB arrays; results are in original-image coordinates.
+
+        ``device``: ``"auto"`` (default: the first GPU when there is one, unless ``trainer.accelerator`` is
+        ``cpu``), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; on an accelerator the forward runs under
+        the pipeline's ``trainer.precision`` (bf16/16 mixed). The model stays on that device.
 
         With ``out``, also write the results there (see
         :func:`vision_pipe.render.write_predictions`): ``<name>_pred.png`` per
@@ -381,7 +386,11 @@ class Pipeline:
         items = list(inputs)
         self.manager.hook.vision_pipe_before_predict(pipeline=self, inputs=items)
         size, batch = self.config.data.input_size, batch_size or self.config.data.batch_size
-        results = predict_batches(self.module, items, size, batch, self.class_names)
+        trainer = self.config.trainer
+        where = predict_device(device, trainer.get("accelerator", "auto"))
+        results = predict_batches(
+            self.module, items, size, batch, self.class_names, device=where, precision=trainer.get("precision", "32")
+        )
         if out is not None:
             names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
             images = LazyImages(items)  # decoded again one at a time: the inputs are never all in memory

@@ -31,6 +31,7 @@ from lightning_fabric.plugins import CheckpointIO, TorchCheckpointIO
 
 from vision_pipe.config import PipelineConfig
 from vision_pipe.config_files import Locations
+from vision_pipe.data import cpu_count
 from vision_pipe.errors import ConfigError
 from vision_pipe.guards import NonFiniteGuard
 from vision_pipe.io import atomic_torch_save
@@ -242,18 +243,9 @@ def cpu_threads(trainer: pl.Trainer, num_workers: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def cpu_count() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 __all__ = [
     "AtomicCheckpointIO",
     "check_trainer",
-    "cpu_count",
     "cpu_threads",
     "fresh_name",
     "make_trainer",

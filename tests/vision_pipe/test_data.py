@@ -549,3 +549,21 @@ def test_training_drops_a_last_batch_of_one_image_per_process() -> None:
     # 33 samples: one process ends on a single image; 2 processes get 17 each (DistributedSampler pads)
     assert drops_last_batch(33, 16) and drops_last_batch(33, 16, world_size=2)
     assert not drops_last_batch(36, 16, world_size=2) and not drops_last_batch(36, 16, world_size=1)
+
+
+def test_workers_are_each_local_processes_share_of_the_allowed_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vision_pipe import data
+
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert data.cpu_count() == 64
+    assert data.default_num_workers() == 63  # no cap of 8: a big node feeds its GPU with every core
+    assert data.default_num_workers(4) == 15 and data.default_num_workers(128) == 0
+    assert data.local_processes({"devices": 4}) == 4 and data.local_processes({"devices": [0, 2]}) == 2
+    assert data.local_processes({"devices": "3"}) == 3
+    assert data.local_processes({"devices": "auto", "accelerator": "cpu"}) == 1
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "8(x2)")
+    assert data.local_processes({"devices": 1}) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's count wins
+    assert data.local_processes({}) == 2

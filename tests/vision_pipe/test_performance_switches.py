@@ -77,7 +77,7 @@ def test_compile_wraps_the_backbone_when_a_trainer_sets_up(tiny_config, monkeypa
 def test_cpu_training_leaves_the_workers_their_cores(monkeypatch):
     import pytorch_lightning as pl
 
-    from vision_pipe.trainer import cpu_count as _cpu_count
+    from vision_pipe.data import cpu_count as _cpu_count
     from vision_pipe.trainer import cpu_threads as _cpu_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
