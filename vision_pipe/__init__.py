@@ -62,6 +62,7 @@ from vision_pipe.samples import (
     check_label,
     check_mask,
     fmt_box,
+    pack_targets,
 )
 from vision_pipe.tasks import TASKS
 
@@ -172,6 +173,7 @@ __all__ = [
     "require_dir",
     "require_file",
     "resolve_inside",
+    "pack_targets",
     "stage",
     "voc_palette",
     "write_png",

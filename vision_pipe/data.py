@@ -219,11 +219,9 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
-    """A tensor, or a list of tensors, on ``device`` (asynchronous from pinned memory); anything else as is."""
+    """A tensor on ``device`` (asynchronous from pinned memory); anything else as is."""
     if isinstance(value, torch.Tensor):
         return value.to(device, non_blocking=True)
-    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
-        return [v.to(device, non_blocking=True) for v in value]
     return value
 
 
@@ -332,13 +330,19 @@ class PipelineDataModule(pl.LightningDataModule):
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move only the batch's tensors and lists of tensors (boxes); ``meta`` stays on the host.
+        """Move the batch's tensors (asynchronously from pinned memory); lists (``meta``, the per-image
+        boxes, whose packed form moves) stay on the host, and a uint8 ``mask`` becomes int64 on the device.
 
-        Lightning's default walks every element of ``meta`` (one dict per image) on every step.
+        Lightning's default walks every element of ``meta`` (one dict per image) on every step, and
+        per-image box tensors would be three small copies per image.
         """
         if not isinstance(batch, dict):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return {key: _to_device(value, device) for key, value in batch.items()}
+        out = {key: _to_device(value, device) for key, value in batch.items()}
+        mask = out.get("mask")
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.uint8:
+            out["mask"] = mask.long()
+        return out
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

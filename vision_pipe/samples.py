@@ -14,7 +14,8 @@ call these functions, so the rules cannot drift apart:
   ints in [0, num_classes); optional ``difficult`` (N,) bool.
 
 Every check raises :class:`~vision_pipe.errors.DataError` whose message names
-the sample (its id) and says how to fix it.
+the sample (its id) and says how to fix it. :func:`pack_targets` is the batch
+form of the detection targets (padded tensors for the device).
 """
 
 from __future__ import annotations
@@ -183,6 +184,26 @@ def sample_classes(sample: Mapping[str, Any]) -> list[int]:
     return sorted(found)
 
 
+def pack_targets(boxes: Sequence[Any], labels: Sequence[Any], difficult: Sequence[Any]) -> dict[str, Any]:
+    """The per-image targets of a batch padded to its largest count ``G``, three tensors for the device
+    instead of three per image: ``box_targets`` (B, G, 4) float32 xyxy pixels (padding rows 0),
+    ``label_targets`` (B, G) int64 (padding -1), ``difficult_targets`` (B, G) bool (padding False)."""
+    import torch
+
+    count = max((len(x) for x in labels), default=0)
+    out = {
+        "box_targets": torch.zeros(len(boxes), count, 4, dtype=torch.float32),
+        "label_targets": torch.full((len(labels), count), -1, dtype=torch.int64),
+        "difficult_targets": torch.zeros(len(difficult), count, dtype=torch.bool),
+    }
+    for i, (b, lab, d) in enumerate(zip(boxes, labels, difficult, strict=True)):
+        n = len(lab)
+        out["box_targets"][i, :n] = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
+        out["label_targets"][i, :n] = torch.as_tensor(lab, dtype=torch.int64).reshape(-1)
+        out["difficult_targets"][i, :n] = torch.as_tensor(d, dtype=torch.bool).reshape(-1)
+    return out
+
+
 __all__ = [
     "BOX_TOLERANCE",
     "IGNORE_INDEX",
@@ -194,5 +215,6 @@ __all__ = [
     "check_label",
     "check_mask",
     "fmt_box",
+    "pack_targets",
     "sample_classes",
 ]

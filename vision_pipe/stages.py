@@ -224,10 +224,16 @@ class Batch(TypedDict, total=False):
     """A collated batch as the model sees it.
 
     - ``image``: (B, 3, H, W) uint8 before normalization; float32 after.
-    - ``label``: (B,) int64.  ``mask``: (B, H, W) int64.
+    - ``label``: (B,) int64.  ``mask``: (B, H, W) int64 on the model's device (collated as uint8 when
+      the ids fit, converted on the device).
     - ``boxes``: list of B tensors (N_i, 4) float32 xyxy pixels of the model input.
     - ``labels``: list of B tensors (N_i,) int64.
     - ``difficult``: list of B tensors (N_i,) bool (all False when the loader gives none).
+    - ``box_targets`` (B, G, 4) float32, ``label_targets`` (B, G) int64 (-1: padding),
+      ``difficult_targets`` (B, G) bool: the same targets packed (:func:`vision_pipe.pack_targets`),
+      ``G`` the batch's largest count. In training, validation and test these three are on the
+      model's device, while the per-image lists stay on the host (as ``meta`` does): a head that
+      needs its targets on the device reads the packed ones (no per-image copies or synchronizations).
     - ``meta``: list of B dicts with ``id`` and ``orig_size`` (h, w) of the original image.
     """
 
@@ -237,6 +243,9 @@ class Batch(TypedDict, total=False):
     boxes: list[Tensor]
     labels: list[Tensor]
     difficult: list[Tensor]
+    box_targets: Tensor
+    label_targets: Tensor
+    difficult_targets: Tensor
     meta: list[dict[str, Any]]
 
 

@@ -227,12 +227,18 @@ class FCNHead(Head):
 
     def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of logits (B, num_classes, H, W) against ``batch["mask"]`` (B, H, W), averaged
-        over the pixels that are not ``ignore_index`` (weighted by class weights when given); 0 when none is."""
-        target = batch["mask"]
-        if not bool((target != self.ignore_index).any()):
-            return {"loss": outputs.sum() * 0.0}
-        loss = F.cross_entropy(outputs, target, weight=self.class_weights, ignore_index=self.ignore_index)
-        return {"loss": loss}
+        over the pixels that are not ``ignore_index`` (weighted by class weights when given); 0 when none is.
+        A masked mean, with nothing read back to the host (a GPU step never waits for it)."""
+        target = batch["mask"].long()
+        valid = target != self.ignore_index  # (B, H, W)
+        per_pixel = F.cross_entropy(
+            outputs, target, weight=self.class_weights, ignore_index=self.ignore_index, reduction="none"
+        )  # (B, H, W), 0 where ignored
+        if self.class_weights is None:
+            weight = valid.sum()
+        else:
+            weight = (self.class_weights[torch.where(valid, target, 0)] * valid).sum()
+        return {"loss": per_pixel.sum() / weight.clamp(min=1e-12).to(per_pixel.dtype)}
 
     # -- predictions ---------------------------------------------------------
 

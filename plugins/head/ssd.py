@@ -40,10 +40,11 @@ from vision_pipe import (
     StageContext,
     StageError,
     hookimpl,
+    pack_targets,
     stage,
 )
 
-from .ssd_boxes import boxes_per_location, default_boxes, postprocess, ssd_loss
+from .ssd_boxes import boxes_per_location, default_boxes, postprocess, ssd_loss_padded
 from .ssd_export import export_detections
 from .ssd_maps import MapSpec, extra_layer_geometry, plan_maps, resolve_aspect_ratios
 
@@ -239,28 +240,37 @@ class SSDHead(Head):
         return first[0] * self.first_stride, first[1] * self.first_stride
 
     def loss(self, outputs: SSDOutputs, batch: Batch) -> dict[str, Tensor]:
-        """``L = (L_conf + alpha L_loc) / N`` against ``batch["boxes"]`` (pixels of the model input) and
-        ``batch["labels"]`` (0..C-1); terms ``loss``, ``loss_conf``, ``loss_loc`` (see :func:`ssd_loss`)."""
-        targets = self.targets(batch, outputs.cls_logits.device)
-        return ssd_loss(
+        """``L = (L_conf + alpha L_loc) / N`` against the batch's boxes (pixels of the model input) and
+        labels (0..C-1); terms ``loss``, ``loss_conf``, ``loss_loc`` (see :func:`~.ssd_boxes.ssd_loss_padded`). No host
+        synchronization: the targets come packed (:func:`vision_pipe.pack_targets`)."""
+        boxes, labels, valid = self.targets(batch, outputs.cls_logits.device)
+        return ssd_loss_padded(
             outputs.cls_logits.float(),
             outputs.box_offsets.float(),
-            targets,
+            boxes,
+            labels,
+            valid,
             outputs.defaults,
             **asdict(self.match),
         )
 
-    def targets(self, batch: Batch, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-        """Per image (boxes (G, 4) normalized xyxy, labels (G,) int64 in 1..C); boxes without area
-        (left by a crop that cut an object to a line) are dropped."""
+    def targets(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch's ground truths padded to one count G: boxes (B, G, 4) normalized xyxy, labels
+        (B, G) int64 in 1..C and valid (B, G) bool; padding and boxes without area (left by a crop
+        that cut an object to a line) are not valid. From the packed ``box_targets`` /
+        ``label_targets`` when the batch has them (collated batches do), else packed here."""
+        if "box_targets" in batch and "label_targets" in batch:
+            boxes, labels = batch["box_targets"], batch["label_targets"]
+        else:
+            empty = [torch.zeros(len(x), dtype=torch.bool) for x in batch["labels"]]
+            packed = pack_targets(batch["boxes"], [x.cpu() for x in batch["labels"]], empty)
+            boxes, labels = packed["box_targets"], packed["label_targets"]
+        boxes = boxes.to(device=device, dtype=torch.float32, non_blocking=True)  # (B, G, 4) pixels
+        labels = labels.to(device=device, non_blocking=True)  # (B, G), -1 for padding
         h, w = batch["image"].shape[-2:]
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-        out = []
-        for boxes, labels in zip(batch["boxes"], batch["labels"], strict=True):
-            boxes = boxes.to(device=device, dtype=torch.float32) / scale  # (G, 4)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (G,)
-            out.append((boxes[keep], labels.to(device)[keep] + 1))
-        return out
+        boxes = torch.stack((boxes[..., 0] / w, boxes[..., 1] / h, boxes[..., 2] / w, boxes[..., 3] / h), dim=-1)
+        valid = (labels >= 0) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, G)
+        return boxes, torch.where(valid, labels + 1, 0), valid
 
     # -- detections ----------------------------------------------------------
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_convert, box_iou, clip_boxes_to_image, nms
 
 #: :func:`match`'s index for a default box matched to no ground truth.
 BACKGROUND: int = -1
@@ -220,7 +220,8 @@ def match_batch(gt_boxes: Tensor, valid: Tensor, defaults: Tensor, iou_threshold
     # every valid ground truth claims its best default box; on a shared box the higher IoU wins,
     # ties go to the later ground truth
     forced_iou, forced_default = iou.max(dim=2)  # [B,G], [B,G]
-    claims = F.one_hot(forced_default, num_defaults).bool() & valid.unsqueeze(2)  # [B,G,D]
+    claims = torch.zeros(batch, num_gt, num_defaults, dtype=torch.bool, device=defaults.device)  # [B,G,D]
+    claims = claims.scatter_(2, forced_default.unsqueeze(2), True) & valid.unsqueeze(2)  # (one_hot would sync)
     claim_iou = torch.where(claims, forced_iou.unsqueeze(2), float("-inf"))  # [B,G,D]
     strongest = claims & (claim_iou == claim_iou.max(dim=1, keepdim=True).values)  # [B,G,D]
     gt_index = torch.arange(num_gt, device=defaults.device).view(1, -1, 1)  # [1,G,1]
@@ -255,15 +256,13 @@ def hard_negative_mining(conf_loss: Tensor, positive: Tensor, ratio: float = 3.0
 
 
 def _pad_targets(targets: Sequence[tuple[Tensor, Tensor]], defaults: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image ``(boxes [G_i, 4], labels [G_i])`` → padded ``boxes [B, G, 4]`` (padding: the unit box,
-    so that encoding it stays finite), ``labels [B, G]`` int64 and ``valid [B, G]`` bool, ``G = max G_i``."""
+    """Per-image ``(boxes [G_i, 4], labels [G_i])`` → padded ``boxes [B, G, 4]`` (padding: zeros),
+    ``labels [B, G]`` int64 and ``valid [B, G]`` bool, ``G = max G_i``."""
     device = defaults.device
     boxes = pad_sequence([b.to(defaults).reshape(-1, 4) for b, _ in targets], batch_first=True)  # [B,G,4]
     labels = pad_sequence([lab.to(device=device, dtype=torch.long).reshape(-1) for _, lab in targets], batch_first=True)
     counts = torch.tensor([int(b.shape[0]) for b, _ in targets], device=device)  # [B]
     valid = torch.arange(boxes.shape[1], device=device).unsqueeze(0) < counts.unsqueeze(1)  # [B,G]
-    unit = defaults.new_tensor([0.0, 0.0, 1.0, 1.0])
-    boxes = torch.where(valid.unsqueeze(2), boxes, unit)  # [B,G,4]
     return boxes, labels, valid
 
 
@@ -297,12 +296,54 @@ def ssd_loss(
 
     Returns:
         ``{"loss", "loss_conf", "loss_loc"}`` scalar tensors, ``loss = loss_conf + alpha * loss_loc``
-        (each already divided by ``N``).
+        (each already divided by ``N``). :func:`ssd_loss_padded` is the same on padded targets.
+    """
+    if len(targets) != cls_logits.shape[0]:
+        raise ValueError(f"{cls_logits.shape[0]} images of logits but {len(targets)} targets")
+    gt_boxes, gt_labels, valid = _pad_targets(targets, defaults)  # [B,G,4], [B,G], [B,G]
+    return ssd_loss_padded(
+        cls_logits,
+        box_offsets,
+        gt_boxes,
+        gt_labels,
+        valid,
+        defaults,
+        iou_threshold=iou_threshold,
+        variances=variances,
+        neg_pos_ratio=neg_pos_ratio,
+        min_negatives=min_negatives,
+        alpha=alpha,
+    )
+
+
+def ssd_loss_padded(
+    cls_logits: Tensor,
+    box_offsets: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    valid: Tensor,
+    defaults: Tensor,
+    *,
+    iou_threshold: float = 0.5,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+    neg_pos_ratio: float = 3.0,
+    min_negatives: int = 3,
+    alpha: float = 1.0,
+) -> dict[str, Tensor]:
+    """:func:`ssd_loss` on the ground truths of a batch padded to one count ``G``, without a host
+    synchronization (masked sums, no boolean indexing, nothing read back), so a GPU step never waits.
+
+    Args:
+        gt_boxes: ``Tensor[B, G, 4]`` normalized xyxy; rows where ``valid`` is False are padding (any
+            finite values).
+        gt_labels: ``Tensor[B, G]`` int64 in ``1..C`` where valid.
+        valid: ``Tensor[B, G]`` bool.
     """
     batch, num_defaults, num_outputs = cls_logits.shape
-    if len(targets) != batch:
-        raise ValueError(f"{batch} images of logits but {len(targets)} targets")
-    gt_boxes, gt_labels, valid = _pad_targets(targets, defaults)  # [B,G,4], [B,G], [B,G]
+    # padding rows become the unit box, so that encoding the boxes stays finite everywhere
+    unit = torch.zeros_like(gt_boxes)
+    unit[..., 2:] = 1.0
+    gt_boxes = torch.where(valid.unsqueeze(2), gt_boxes.to(defaults), unit)  # [B,G,4]
     matched = match_batch(gt_boxes, valid, defaults, iou_threshold)  # [B,D]
     safe = matched.clamp(min=0)  # [B,D] background → gt 0, masked out below
     assigned_labels = gt_labels.gather(1, safe) if gt_labels.shape[1] else torch.zeros_like(safe)  # [B,D]
@@ -318,8 +359,9 @@ def ssd_loss(
         batch, num_defaults
     )  # [B,D]
     negative = hard_negative_mining(ce, positive, neg_pos_ratio, min_negatives)  # [B,D]
-    loss_conf = ce[positive | negative].sum()
-    loss_loc = F.smooth_l1_loss(box_offsets[positive], box_target[positive], reduction="sum", beta=1.0)
+    loss_conf = (ce * (positive | negative)).sum()
+    smooth = F.smooth_l1_loss(box_offsets, box_target.to(box_offsets), reduction="none", beta=1.0)  # [B,D,4]
+    loss_loc = (smooth.sum(dim=2) * positive).sum()
     n = positive.sum().clamp(min=1).to(cls_logits.dtype)
     loss_conf, loss_loc = loss_conf / n, loss_loc / n
     return {"loss": loss_conf + alpha * loss_loc, "loss_conf": loss_conf, "loss_loc": loss_loc}
@@ -355,34 +397,68 @@ def postprocess(
         "labels": Tensor[K] int64 in 1..C}``, by decreasing score.
     """
     img_h, img_w = _pair(image_size)
-    scale = torch.tensor([img_w, img_h, img_w, img_h], dtype=box_offsets.dtype, device=box_offsets.device)
     probs = F.softmax(cls_logits, dim=-1)  # [B,D,C+1]
-    boxes_all = decode(box_offsets, defaults, variances) * scale  # [B,D,4] pixels
-    boxes_all = clip_boxes_to_image(boxes_all, (img_h, img_w))  # [B,D,4]
-    batch, num_defaults, _ = probs.shape
+    batch, num_defaults, num_outputs = probs.shape
+    num_classes = num_outputs - 1
 
-    # candidates of all images and classes at once: per (image, class) the best boxes, equal
-    # scores by default-box index (stable sort), cut to topk_candidates and the threshold
+    # candidates of all images and classes at once: (image, class, default) above the threshold, in
+    # row-major order (so by default index within an image and class) ...
     scores = probs[..., 1:].transpose(1, 2)  # [B,C,D]
-    top_scores, top_index = torch.sort(scores, dim=2, descending=True, stable=True)  # [B,C,D]
-    k = min(topk_candidates, num_defaults)
-    top_scores, top_index = top_scores[..., :k], top_index[..., :k]  # [B,C,k]
-    image, cls, rank = torch.nonzero(top_scores > score_thresh, as_tuple=True)  # [M] each, row-major
-    c_scores = top_scores[image, cls, rank]  # [M]
-    c_boxes = boxes_all[image, top_index[image, cls, rank]]  # [M,4]
-    # one total order per image: score, then class, then default index — row-major order
-    # already sorts equal scores by class then index, and both sorts below are stable
-    order = torch.sort(c_scores, descending=True, stable=True).indices  # [M]
-    order = order[torch.sort(image[order], stable=True).indices]  # [M] grouped by image
-    image, c_scores, c_boxes, c_labels = image[order], c_scores[order], c_boxes[order], cls[order] + 1
+    image, cls, index = torch.nonzero(scores > score_thresh, as_tuple=True)  # [M] each
+    c_scores = scores[image, cls, index]  # [M]
+    # ... ordered by (image, class), then score (equal scores by default index: the sort is stable) ...
+    group = image * num_classes + cls  # [M] one id per (image, class)
+    order = torch.sort(_descending_key(group, c_scores), stable=True).indices  # [M]
+    group = group[order]
+    # ... and cut to the topk_candidates best of each (image, class)
+    order = order[_rank_in_group(group, batch * num_classes) < topk_candidates]
+    image, cls, index, c_scores = image[order], cls[order], index[order], c_scores[order]
 
-    results = []
-    counts = torch.bincount(image, minlength=batch).tolist()  # candidates per image
-    for boxes, scores_i, labels in zip(
-        c_boxes.split(counts), c_scores.split(counts), c_labels.split(counts), strict=True
-    ):
-        # strictly decreasing ranks, so NMS's own (unstable) sort cannot reorder ties
-        ranks = torch.arange(scores_i.numel(), 0, -1, dtype=torch.float32, device=scores_i.device)  # [M_i]
-        keep = batched_nms(boxes, ranks, labels, nms_thresh)[:detections_per_img]  # [K]
-        results.append({"boxes": boxes[keep], "scores": scores_i[keep], "labels": labels[keep]})
-    return results
+    # one total order per image: score, then class, then default index (what the stable sort keeps of
+    # the order above); as strictly decreasing ranks, so that NMS's own (unstable) sort cannot reorder
+    # ties, and its result comes out grouped by image
+    order = torch.sort(_descending_key(image, c_scores), stable=True).indices  # [M]
+    image, cls, index, c_scores = image[order], cls[order], index[order], c_scores[order]
+    offsets = box_offsets[image, index]  # [M,4]
+    boxes = decode(offsets, defaults[index], variances)  # [M,4] normalized
+    scale = torch.stack([boxes.new_full((), float(v)) for v in (img_w, img_h, img_w, img_h)])
+    boxes = clip_boxes_to_image(boxes * scale, (img_h, img_w))  # [M,4] pixels
+    ranks = torch.arange(c_scores.numel(), 0, -1, dtype=torch.float32, device=c_scores.device)  # [M]
+    # class-wise NMS for the whole batch: image × class ids never suppress across images
+    keep = _class_wise_nms(boxes, ranks, image * num_classes + cls, nms_thresh)  # [K] by decreasing rank
+    keep = keep[_rank_in_group(image[keep], batch) < detections_per_img]  # the cap, per image
+    counts = torch.bincount(image[keep], minlength=batch).tolist()  # detections per image
+    labels = cls + 1
+    return [{"boxes": boxes[k], "scores": c_scores[k], "labels": labels[k]} for k in keep.split(counts)]
+
+
+def _class_wise_nms(boxes: Tensor, ranks: Tensor, ids: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each id (``Tensor[M]`` int64) of ``boxes`` ``[M, 4]`` with distinct ``ranks`` ``[M]``;
+    the kept indices by decreasing rank. On a GPU one :func:`torchvision.ops.batched_nms` call; on the
+    CPU one ``nms`` per id over its own slice (``batched_nms`` falls back there to one mask over all
+    ``M`` boxes per id, which for a batch of images costs the number of images times more)."""
+    if boxes.device.type != "cpu":
+        return batched_nms(boxes, ranks, ids, iou_threshold)
+    by_id = torch.sort(ids, stable=True).indices  # [M]
+    counts = torch.bincount(ids[by_id]).tolist() if ids.numel() else []
+    kept = [idx[nms(boxes[idx], ranks[idx], iou_threshold)] for idx in by_id.split(counts) if idx.numel()]
+    if not kept:
+        return by_id[:0]
+    keep = torch.cat(kept)
+    return keep[torch.argsort(ranks[keep], descending=True)]
+
+
+def _descending_key(group: Tensor, scores: Tensor) -> Tensor:
+    """An int64 sort key (``Tensor[M]``): ascending ``group`` (int64 ``>= 0``), then descending ``scores``
+    (float in ``[0, 1]``): the bits of a non-negative float32 order like its value, so one integer sort
+    does what two stable sorts would."""
+    bits = scores.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)  # [M] in [0, 2^31)
+    return (group << 31) | ((1 << 31) - 1 - bits)
+
+
+def _rank_in_group(group: Tensor, num_groups: int) -> Tensor:
+    """For ``group`` ids sorted in non-decreasing order (``Tensor[M]`` int64 in ``0..num_groups-1``), each
+    element's position within its group (0 for the first of each group), without leaving the device."""
+    counts = torch.bincount(group, minlength=num_groups)  # [G]
+    starts = torch.cumsum(counts, 0) - counts  # [G]
+    return torch.arange(group.numel(), device=group.device) - starts[group]

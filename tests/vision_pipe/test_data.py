@@ -567,3 +567,41 @@ def test_workers_are_each_local_processes_share_of_the_allowed_cores(monkeypatch
     assert data.local_processes({"devices": 1}) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's count wins
     assert data.local_processes({}) == 2
+
+
+def _target_item(task: str, i: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"image": torch.zeros(3, 4, 4, dtype=torch.uint8), "meta": {"id": str(i), "orig_size": (4, 4)}}
+    if task == "detection":
+        n = i  # 0, 1, 2 objects
+        item["boxes"] = torch.tensor([[0.0, 0.0, 2.0 + k, 3.0] for k in range(n)]).reshape(-1, 4)
+        item["labels"] = torch.arange(n, dtype=torch.int64)
+        item["difficult"] = torch.tensor([k == 1 for k in range(n)], dtype=torch.bool)
+    else:
+        item["mask"] = torch.full((4, 4), i, dtype=torch.int64)
+        item["mask"][0, 0] = 255
+    return item
+
+
+def test_detection_targets_are_packed_for_the_device_and_lists_stay_on_the_host() -> None:
+    from vision_pipe.data import PipelineDataModule, collate
+
+    batch = collate([_target_item("detection", i) for i in range(3)], "detection")
+    assert batch["box_targets"].shape == (3, 2, 4) and batch["label_targets"].tolist() == [[-1, -1], [0, -1], [0, 1]]
+    assert batch["difficult_targets"].tolist() == [[False, False], [False, False], [False, True]]
+    assert torch.equal(batch["box_targets"][2], batch["boxes"][2]) and batch["box_targets"][1, 1].tolist() == [0.0] * 4
+    dm = PipelineDataModule({}, "detection", (4, 4), [], batch_size=3, num_workers=0)
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved["boxes"] is batch["boxes"] and moved["meta"] is batch["meta"]  # lists are not walked
+
+
+def test_masks_travel_as_uint8_and_arrive_as_int64() -> None:
+    from vision_pipe.data import PipelineDataModule, collate
+
+    batch = collate([_target_item("segmentation", i) for i in range(2)], "segmentation")
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"][0, 0, 0] == 255
+    dm = PipelineDataModule({}, "segmentation", (4, 4), [], batch_size=2, num_workers=0)
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved["mask"].dtype == torch.int64 and moved["mask"][1].tolist()[1] == [1] * 4
+    big = _target_item("segmentation", 0)
+    big["mask"][1, 1] = 300  # ids of a 16-bit mask stay int64
+    assert collate([big], "segmentation")["mask"].dtype == torch.int64

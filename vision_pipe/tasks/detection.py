@@ -31,7 +31,7 @@ import numpy as np
 from vision_pipe.drawing import class_palette, upscale
 from vision_pipe.io import atomic_write_text
 from vision_pipe.results import DetectionPrediction, Prediction
-from vision_pipe.samples import IGNORE_INDEX, check_boxes
+from vision_pipe.samples import IGNORE_INDEX, check_boxes, pack_targets
 from vision_pipe.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -97,11 +97,10 @@ class DetectionTask(Task):
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
-        return {
-            "boxes": [it["boxes"] for it in items],
-            "labels": [it["labels"] for it in items],
-            "difficult": [it.get("difficult", torch.zeros(len(it["labels"]), dtype=torch.bool)) for it in items],
-        }
+        boxes = [it["boxes"] for it in items]
+        labels = [it["labels"] for it in items]
+        difficult = [it.get("difficult", torch.zeros(len(it["labels"]), dtype=torch.bool)) for it in items]
+        return {"boxes": boxes, "labels": labels, "difficult": difficult, **pack_targets(boxes, labels, difficult)}
 
     def random_targets(
         self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
@@ -111,11 +110,10 @@ class DetectionTask(Task):
 
         height, width = input_size
         counts = [2 if i == 0 else (0 if i == 1 else 1) for i in range(batch_size)]
-        return {
-            "boxes": [_random_boxes(rng, n, height, width) for n in counts],
-            "labels": [torch.from_numpy(rng.integers(0, num_classes, n).astype(np.int64)) for n in counts],
-            "difficult": [torch.zeros(n, dtype=torch.bool) for n in counts],
-        }
+        boxes = [_random_boxes(rng, n, height, width) for n in counts]
+        labels = [torch.from_numpy(rng.integers(0, num_classes, n).astype(np.int64)) for n in counts]
+        difficult = [torch.zeros(n, dtype=torch.bool) for n in counts]
+        return {"boxes": boxes, "labels": labels, "difficult": difficult, **pack_targets(boxes, labels, difficult)}
 
     # -- evaluation ------------------------------------------------------------
 

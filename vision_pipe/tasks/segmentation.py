@@ -52,7 +52,11 @@ class SegmentationTask(Task):
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
-        return {"mask": torch.stack([it["mask"] for it in items])}
+        mask = torch.stack([it["mask"] for it in items])  # (B, H, W) int64
+        # a quarter of the bytes to pin and copy; the datamodule makes it int64 again on the device
+        if mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= IGNORE_INDEX:
+            mask = mask.to(torch.uint8)
+        return {"mask": mask}
 
     def random_targets(
         self, rng: np.random.Generator, batch_size: int, input_size: tuple[int, int], num_classes: int
@@ -94,7 +98,7 @@ class SegmentationTask(Task):
 
     def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Tensor, batch: Mapping[str, Any]) -> None:
         """Feed the argmax of logits (B, num_classes, H, W) and ``batch["mask"]`` (B, H, W)."""
-        metrics.update(outputs.detach().argmax(dim=1), batch["mask"])
+        metrics.update(outputs.detach().argmax(dim=1), batch["mask"].long())
 
     def summarize(
         self, computed: dict[str, Tensor], class_names: Sequence[str], plots_dir: Path | None

@@ -146,6 +146,13 @@ def test_class_weights_weight_the_loss() -> None:
     mask = torch.tensor([[[0, 1]]])
     ref = F.cross_entropy(logits, mask, weight=torch.tensor([1.0, 3.0, 1.0]))
     assert head.loss(logits, Batch(mask=mask))["loss"].item() == pytest.approx(ref.item())
+    # masks collated as uint8 give the same loss
+    assert head.loss(logits, Batch(mask=mask.to(torch.uint8)))["loss"].item() == pytest.approx(ref.item())
+    logits = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    mask = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(1))
+    mask[0, :2] = 255  # ignored pixels are left out of the weighted mean
+    ref = F.cross_entropy(logits, mask, weight=torch.tensor([1.0, 3.0, 1.0]), ignore_index=255)
+    assert head.loss(logits, Batch(mask=mask))["loss"].item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_metrics_are_the_segmentation_tasks_with_the_heads_ignore_index() -> None:

@@ -306,9 +306,10 @@ def test_loss_is_finite_and_reaches_the_backbone_with_an_image_without_boxes(sma
 def test_loss_targets_are_normalized_with_shifted_labels() -> None:
     head = _one_box_head()
     batch = _batch([[[4, 4, 12, 12], [3, 3, 3, 9]]], [[2, 0]], size=16)  # the second box has no width
-    ((boxes, labels),) = head.targets(batch, torch.device("cpu"))
-    torch.testing.assert_close(boxes, torch.tensor([[0.25, 0.25, 0.75, 0.75]]))
-    assert labels.tolist() == [3]  # object class 2 → output 3 (0 is background)
+    boxes, labels, valid = head.targets(batch, torch.device("cpu"))
+    assert valid.tolist() == [[True, False]]  # padded form: the box without width is not valid
+    torch.testing.assert_close(boxes[0, :1], torch.tensor([[0.25, 0.25, 0.75, 0.75]]))
+    assert labels[valid].tolist() == [3]  # object class 2 → output 3 (0 is background)
 
 
 def test_loss_with_perfect_prediction_is_only_the_negatives() -> None:

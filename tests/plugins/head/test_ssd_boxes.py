@@ -355,3 +355,91 @@ def test_match_batch_equals_match_per_image_with_padding() -> None:
     # gt 3 duplicates gt 0: the later one wins gt 0's best default box (equal claims), so that box is 3
     best = int(torch.argmax(box_iou(images[0][:1], defaults)))
     assert batched[0, best].item() == 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_postprocess_of_a_batch_equals_each_image_alone(seed: int) -> None:
+    """One pass over the batch (one class-wise NMS over image × class ids) gives each image what
+    post-processing it alone gives, ties included (odd seeds round the logits to make many)."""
+    g = torch.Generator().manual_seed(seed)
+    batch, num_defaults, num_classes = 5, 300, 4
+    logits = torch.randn(batch, num_defaults, num_classes + 1, generator=g)
+    logits[..., 0] += 1.5
+    if seed % 2:
+        logits = (logits * 2).round() / 2
+    offsets = 0.3 * torch.randn(batch, num_defaults, 4, generator=g)
+    logits[3, :, 1:] = -20.0  # an image with nothing above the threshold
+    defaults = _random_boxes(num_defaults, g).clamp(0, 1)
+    kwargs = {"score_thresh": 0.05, "nms_thresh": 0.45, "topk_candidates": 40, "detections_per_img": 25}
+    together = postprocess(logits, offsets, defaults, (48, 64), **kwargs)
+    assert len(together) == batch and together[3]["scores"].numel() == 0
+    assert max(len(r["scores"]) for r in together) == 25  # the cap applies per image
+    for i in range(batch):
+        alone = postprocess(logits[i : i + 1], offsets[i : i + 1], defaults, (48, 64), **kwargs)[0]
+        assert torch.equal(together[i]["labels"], alone["labels"]) and torch.equal(together[i]["scores"], alone["scores"])
+        torch.testing.assert_close(together[i]["boxes"], alone["boxes"])
+
+
+def test_padded_loss_equals_the_loss_of_per_image_targets() -> None:
+    from vision_pipe_plugins.head.ssd_boxes import ssd_loss_padded
+
+    g = torch.Generator().manual_seed(0)
+    defaults = default_boxes([(4, 4), (2, 2)], 32, aspect_ratios=[[2], [2]])
+    logits = torch.randn(3, defaults.shape[0], 4, generator=g)
+    offsets = torch.randn(3, defaults.shape[0], 4, generator=g)
+    targets = [(_random_boxes(3, g), torch.tensor([1, 3, 2])), (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]
+    targets.append((_random_boxes(1, g), torch.tensor([2])))
+    listed = ssd_loss(logits, offsets, targets, defaults)
+    boxes = torch.full((3, 3, 4), 7.0)  # padding rows hold anything finite
+    labels = torch.zeros(3, 3, dtype=torch.long)
+    valid = torch.zeros(3, 3, dtype=torch.bool)
+    for i, (b, lab) in enumerate(targets):
+        boxes[i, : len(lab)], labels[i, : len(lab)], valid[i, : len(lab)] = b, lab, True
+    padded = ssd_loss_padded(logits, offsets, boxes, labels, valid, defaults)
+    for key in ("loss", "loss_conf", "loss_loc"):
+        torch.testing.assert_close(padded[key], listed[key])
+    assert listed["loss_loc"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (host synchronizations)")
+def test_the_training_loss_never_synchronizes_and_detection_a_constant_number_of_times() -> None:
+    import warnings
+
+    from vision_pipe import pack_targets
+    from vision_pipe_plugins.head.ssd_boxes import ssd_loss_padded
+
+    device = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    defaults = default_boxes([(s, s) for s in SSD300_MAPS], 300, aspect_ratios=SSD300_RATIOS).to(device)
+
+    def inputs(batch: int) -> tuple[torch.Tensor, ...]:
+        logits = torch.randn(batch, defaults.shape[0], 21, generator=g).to(device).requires_grad_(True)
+        offsets = torch.randn(batch, defaults.shape[0], 4, generator=g).to(device).requires_grad_(True)
+        boxes = [_random_boxes(1 + i % 4, g) * 300 for i in range(batch)]
+        labels = [torch.randint(0, 20, (len(b),), generator=g) for b in boxes]
+        packed = pack_targets(boxes, labels, [torch.zeros(len(b), dtype=torch.bool) for b in boxes])
+        return logits, offsets, packed["box_targets"].to(device) / 300, packed["label_targets"].to(device)
+
+    logits, offsets, boxes, labels = inputs(8)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        valid = labels >= 0
+        out = ssd_loss_padded(logits, offsets, boxes, torch.where(valid, labels + 1, 0), valid, defaults)
+        out["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def syncs(batch: int) -> int:
+        logits, offsets, _, _ = inputs(batch)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                postprocess(logits.detach(), offsets.detach(), defaults, 300)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(16)  # per batch, not per image
