@@ -4,8 +4,9 @@ Target (issue #12, "Evidence"): on a small labelled set, fine-tuning from a back
 pretrained on a related task beats training the same backbone from scratch with the
 same budget (epochs, learning-rate schedule).
 
-    .venv/bin/python bench/transfer.py [--seeds 3] [--epochs 30] [--train-images 300]
-                                       [--pretrain-epochs 8] [--pretrain-images 4000] [key=value ...]
+    .venv/bin/python bench/transfer.py [--seeds 3] [--epochs 40] [--train-images 300]
+                                       [--pretrain-epochs 15] [--pretrain-images 4000]
+                                       [--workers W] [key=value ...]
 
 Both tasks are ``pipelines/shapes_classification.yaml`` (VGG-11 backbone, width 16,
 batch norm) with overrides:
@@ -50,9 +51,10 @@ PRETRAIN_SHAPES = ["circle", "square", "triangle"]
 FINETUNE_SHAPES = ["circle", "square", "triangle", "star", "ellipse"]
 
 
-def quiet(out: Path) -> list[str]:
-    """Overrides of every job: runs under ``out``, no progress bar or model summary."""
-    return ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"output_dir={out}"]
+def every_job(args: argparse.Namespace, out: Path) -> list[str]:
+    """Overrides of every job: runs under ``out``, no progress bar or model summary, ``--workers``."""
+    workers = [f"data.num_workers={args.workers}"] if args.workers is not None else []
+    return ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"output_dir={out}", *workers]
 
 
 def same_budget(epochs: int) -> list[str]:
@@ -67,7 +69,7 @@ def pretrain_overrides(args: argparse.Namespace, out: Path) -> list[str]:
         f"data.loader.num_images={args.pretrain_images}",
         "data.split=[0.8,0.1,0.1]",
         *same_budget(args.pretrain_epochs),
-        *quiet(out),
+        *every_job(args, out),
     ]
 
 
@@ -83,7 +85,7 @@ def finetune_overrides(args: argparse.Namespace, seed: int, out: Path) -> list[s
         f"data.loader.num_images={total}",
         f"data.split=[{n / total},{val / total},{test / total}]",
         *same_budget(args.epochs),
-        *quiet(out),
+        *every_job(args, out),
         *args.overrides,
     ]
 
@@ -121,10 +123,11 @@ def spread(values: Iterable[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds 0..N-1 (both arms each)")
-    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of both arms")
+    parser.add_argument("--epochs", type=int, default=40, help="fine-tuning epochs of both arms")
     parser.add_argument("--train-images", type=int, default=300, help="fine-tuning training images")
-    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-epochs", type=int, default=15)
     parser.add_argument("--pretrain-images", type=int, default=4000)
+    parser.add_argument("--workers", type=int, help="DataLoader workers of every job (default: the YAML's, auto)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both fine-tuning arms")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
