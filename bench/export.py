@@ -5,7 +5,7 @@ is built (untrained: the timing does not depend on the weights), exported with a
 dynamic batch to ONNX and to TorchScript, and the same work — uint8 NHWC images in,
 normalization, model and the head's export-time decoding — is timed in torch eager
 (``ExportModel`` under ``inference_mode``), in the loaded TorchScript module (under
-``inference_mode``, after the warm-up runs its profiling executor needs) and in ONNX
+``inference_mode``, after the warm-up runs its profiling executor needs: 10 per figure) and in ONNX
 Runtime, all with the same number of threads. The speed-ups are eager's time over each.
 
 Usage: ``.venv/bin/python bench/export.py [--threads N] [--runs N] [--batch N]``; prints a Markdown table.
@@ -34,8 +34,9 @@ PIPELINES = ("shapes_classification", "shapes_segmentation", "shapes_detection")
 
 
 def _time(run: Callable[[], object], runs: int) -> float:
-    """Median seconds of ``run`` over ``runs`` calls, after 3 warm-up calls."""
-    for _ in range(3):
+    """Median seconds of ``run`` over ``runs`` calls, after 10 warm-up calls (TorchScript's profiling executor
+    optimizes a graph for a shape only after its first few runs of it)."""
+    for _ in range(10):
         run()
     times = []
     for _ in range(runs):
