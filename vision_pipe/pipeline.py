@@ -407,8 +407,15 @@ class Pipeline:
         from vision_pipe.export import DEFAULT_OPSET, export_pipeline
 
         opset = DEFAULT_OPSET if opset is None else opset
-        options = {"format": format, "opset": opset, "input_size": input_size, "probabilities": probabilities}
-        return export_pipeline(self, out_dir, dynamic_batch=dynamic_batch, **options)  # type: ignore[arg-type]
+        return export_pipeline(
+            self,
+            out_dir,
+            format=format,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            input_size=input_size,
+            probabilities=probabilities,
+        )
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,
