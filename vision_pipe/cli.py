@@ -4,8 +4,9 @@
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--device DEVICE] [--plugin MODULE]
                         [--trust-checkpoint]
-    vision-pipe predict MODEL.onnx INPUT... [--out DIR]     (ONNX Runtime, no torch imported)
-    vision-pipe export CKPT [--format onnx] [--out DIR] [--opset N] [--dynamic-batch] [--plugin MODULE]
+    vision-pipe predict MODEL.onnx|MODEL.pt INPUT... [--out DIR]   (ONNX Runtime, no torch; TorchScript, no Lightning)
+    vision-pipe export CKPT [--format onnx|torchscript] [--out DIR] [--opset N] [--dynamic-batch]
+                       [--input-size H W] [--probabilities] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "source",
         help="a checkpoint (.ckpt), a pipeline YAML (then --ckpt is required) or an exported model.onnx "
-        "(with its model.json beside it; runs without torch)",
+        "(with its model.json beside it; runs without torch) or model.pt (TorchScript; torch, no Lightning)",
     )
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--ckpt", metavar="CKPT", help="checkpoint, when SOURCE is a YAML")
@@ -125,16 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a checkpoint for deployment (ONNX)",
-        description="Export a checkpoint to DIR/model.onnx (uint8 (N, H, W, 3) RGB images in; normalization and the "
-        "task's decoding inside) with DIR/model.json; predict with it: vision-pipe predict DIR/model.onnx INPUT...",
+        help="export a checkpoint for deployment (ONNX or TorchScript)",
+        description="Export a checkpoint to DIR/model.onnx or DIR/model.pt (TorchScript) (uint8 (N, H, W, 3) RGB "
+        "images in; normalization and the task's decoding inside) with DIR/model.json; predict with it: "
+        "vision-pipe predict DIR/model.onnx INPUT...",
     )
     p.add_argument("ckpt", metavar="CKPT", help="a vision-pipe checkpoint (.ckpt)")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="the export format (default: onnx)")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "torchscript"],
+        help="onnx: DIR/model.onnx; torchscript: DIR/model.pt, traced (default: onnx)",
+    )
     p.add_argument("--out", default="export", metavar="DIR", help="output folder (default: export)")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset version (default: 18)")
     p.add_argument(
         "--dynamic-batch", action="store_true", help="let the batch size vary (default: the graph takes one image)"
+    )
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="the images' height and width the model takes (default: the pipeline's data.input_size)",
+    )
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="segmentation: also output the per-pixel class probabilities (N, C, H, W) float32",
     )
     _add_checkpoint_plugins(p)
     _add_trust(p)
@@ -264,8 +283,8 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "predict" and Path(args.source).suffix == ".onnx":
-        return _predict_onnx(args)  # before anything imports torch: the exported model needs none
+    if args.command == "predict" and Path(args.source).suffix in (".onnx", ".pt"):
+        return _predict_exported(args)  # before anything imports Lightning (or, for ONNX, torch): neither is needed
     from vision_pipe.distributed import is_secondary_process
 
     if is_secondary_process():
@@ -398,26 +417,36 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
 
 def _export(args: argparse.Namespace, Pipeline: Any) -> int:
     pipe = Pipeline.load(args.ckpt, manager=_manager(args), trust=args.trust_checkpoint, plugins=args.plugin)
-    path = pipe.export(args.out, format=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    path = pipe.export(
+        args.out,
+        format=args.format,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        input_size=args.input_size,
+        probabilities=args.probabilities,
+    )
     print(f"wrote {path} and {path.with_name('model.json')}")
     return 0
 
 
-def _predict_onnx(args: argparse.Namespace) -> int:
-    """``vision-pipe predict model.onnx INPUT... --out DIR`` with ONNX Runtime (no torch, no plugins)."""
-    from vision_pipe.onnx_predict import OnnxPredictor
+def _predict_exported(args: argparse.Namespace) -> int:
+    """``vision-pipe predict model.onnx|model.pt INPUT... --out DIR`` with ONNX Runtime (no torch) or TorchScript
+    (torch, no Lightning); no plugins."""
+    from vision_pipe.exported_predict import open_predictor
     from vision_pipe.render import prepare_out_dir
     from vision_pipe.tasks import task_of_prediction
 
     if args.ckpt:
-        raise VisionPipeError("predict with an exported model (.onnx) takes no --ckpt: the model holds the weights")
+        raise VisionPipeError(
+            "predict with an exported model (.onnx, .pt) takes no --ckpt: the model holds the weights"
+        )
     prepare_out_dir(args.out)
     if args.device not in ("auto", "cpu"):
         raise VisionPipeError(
-            f"--device {args.device}: an exported model.onnx runs on the CPU with ONNX Runtime; "
+            f"--device {args.device}: an exported model runs on the CPU (ONNX Runtime, TorchScript); "
             "predict from the checkpoint to use a GPU"
         )
-    predictor = OnnxPredictor(args.source)
+    predictor = open_predictor(args.source)
     paths = _expand_inputs(args.inputs)
     predictions = predictor.predict(paths)
     predictor.write(paths, predictions, args.out)

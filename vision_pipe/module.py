@@ -104,12 +104,12 @@ class PipelineModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Any:
         """(B, 3, H, W) uint8 or float in [0, 255] → the head's raw outputs."""
-        x = images.float()
-        if self.normalizer is not None:
-            x = self.normalizer(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.backbone(x))
+        return run_stages(images, self.normalizer, self.backbone, self.head, self.channels_last)
+
+    def inference_model(self) -> InferenceModel:
+        """:meth:`forward` as a plain ``nn.Module`` sharing this module's stages (no Lightning, no metrics):
+        what an export traces."""
+        return InferenceModel(self.normalizer, self.backbone, self.head, channels_last=self.channels_last)
 
     # -- steps --------------------------------------------------------------
 
@@ -308,3 +308,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, max_e
 
     bases = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [functools.partial(factor, base) for base in bases])
+
+
+def run_stages(
+    images: Tensor, normalizer: Normalizer | None, backbone: Backbone, head: Head, channels_last: bool = False
+) -> Any:
+    """(B, 3, H, W) uint8 or float in [0, 255] → normalization → backbone → the head's raw outputs."""
+    x = images.float()
+    if normalizer is not None:
+        x = normalizer(x)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return head(backbone(x))
+
+
+class InferenceModel(nn.Module):
+    """normalization → backbone → head (:func:`run_stages`) without Lightning: :meth:`PipelineModule.inference_model`."""
+
+    def __init__(
+        self, normalizer: Normalizer | None, backbone: Backbone, head: Head, *, channels_last: bool = False
+    ) -> None:
+        super().__init__()
+        self.normalizer, self.backbone, self.head, self.channels_last = normalizer, backbone, head, channels_last
+
+    def forward(self, images: Tensor) -> Any:
+        return run_stages(images, self.normalizer, self.backbone, self.head, self.channels_last)

@@ -400,15 +400,31 @@ class Pipeline:
 
     @_action("export")
     def export(
-        self, out_dir: str | Path, *, format: str = "onnx", opset: int | None = None, dynamic_batch: bool = False
+        self,
+        out_dir: str | Path,
+        *,
+        format: str = "onnx",
+        opset: int | None = None,
+        dynamic_batch: bool = False,
+        input_size: Sequence[int] | None = None,
+        probabilities: bool = False,
     ) -> Path:
-        """Write ``out_dir/model.onnx`` (uint8 (N, H, W, 3) RGB images at ``data.input_size`` in; normalization,
-        model and the head's decoding inside) and ``out_dir/model.json``; return the model's path.
-        See :mod:`vision_pipe.export` (needs the ``export`` extra: ``pip install "vision-pipe[export]"``)."""
+        """Write ``out_dir/model.onnx`` (``format="torchscript"``: ``model.pt``; uint8 (N, H, W, 3) RGB images at
+        ``input_size`` (default ``data.input_size``) in; normalization, model and the head's decoding inside) and
+        ``out_dir/model.json``; return the model's path. ``probabilities``: segmentation's per-pixel probabilities
+        too. See :mod:`vision_pipe.export` (ONNX needs the ``export`` extra: ``pip install "vision-pipe[export]"``)."""
         from vision_pipe.export import DEFAULT_OPSET, export_pipeline
 
         opset = DEFAULT_OPSET if opset is None else opset
-        return export_pipeline(self, out_dir, format=format, opset=opset, dynamic_batch=dynamic_batch)
+        return export_pipeline(
+            self,
+            out_dir,
+            format=format,
+            opset=opset,
+            dynamic_batch=dynamic_batch,
+            input_size=input_size,
+            probabilities=probabilities,
+        )
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,

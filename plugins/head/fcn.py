@@ -194,12 +194,17 @@ class FCNHead(Head):
     # -- model ---------------------------------------------------------------
 
     def output_size(self, features: Features) -> tuple[int, int]:
-        """The (H, W) of the input images: recorded by the first pooling when there is one, else ``input_size``."""
+        """The (H, W) of the input images: recorded by the first pooling when there is one, else ``input_size``
+        when the finest map has its size at ``input_size``, else that map's size times its stride (images of
+        another size, e.g. an export at another input size)."""
         finest = self.infos[0]
         if finest.stride == 2 and finest.name in features.pool_indices:
             h, w = features.pool_indices[finest.name][1]
             return int(h), int(w)
-        return self.input_size
+        h, w = (int(v) for v in features.maps[finest.name].shape[-2:])
+        if (h, w) == tuple(math.ceil(v / finest.stride) for v in self.input_size):
+            return self.input_size
+        return h * finest.stride, w * finest.stride
 
     def forward(self, features: Features) -> Tensor:
         """:class:`Features` → logits (B, num_classes, H, W), (H, W) as :meth:`output_size`."""

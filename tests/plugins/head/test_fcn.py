@@ -58,6 +58,17 @@ def test_output_size_falls_back_to_input_size_without_pool_indices() -> None:
     assert logits.shape == (1, 3, 45, 37)
 
 
+def test_output_size_without_pool_indices_follows_the_finest_map_at_another_input_size() -> None:
+    """Images of another size than ``input_size`` (an export at another size): the finest map's size times its
+    stride (resnet's imagenet stem: stride 4), not ``input_size``."""
+    torch.manual_seed(0)
+    backbone = resnet(depth=10, width=4, stages=3, stem="imagenet").eval()
+    head = fcn(make_context(backbone, "resnet", input_size=(32, 32)), skips="fcn8").eval()
+    with torch.no_grad():
+        assert head(backbone(torch.randn(1, 3, 64, 48))).shape == (1, 3, 64, 48)
+        assert head(backbone(torch.randn(1, 3, 65, 50))).shape == (1, 3, 68, 52)
+
+
 def test_unpool_places_values_at_the_recorded_argmax_positions() -> None:
     x = torch.tensor([[[[1.0, 5.0, 2.0], [3.0, 0.0, 4.0], [9.0, 6.0, 7.0]]]])  # (1, 1, 3, 3)
     pooled, indices = F.max_pool2d(x, 2, stride=2, return_indices=True, ceil_mode=True)  # (1, 1, 2, 2)
