@@ -138,7 +138,11 @@ def make_trainer(
     plugins = options.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own checkpoint IO wins
-        plugins.append(AtomicCheckpointIO())
+        # written in a background thread from a point-in-time copy of the tensors, so that training goes on
+        # while a large model's checkpoint is serialized and fsynced (Lightning waits for it at the end)
+        from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+        plugins.append(AsyncCheckpointIO(AtomicCheckpointIO()) if training else AtomicCheckpointIO())
     with quiet_lightning():
         trainer = pl.Trainer(
             **options,
