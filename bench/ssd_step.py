@@ -20,7 +20,8 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -78,17 +79,27 @@ def median_ms(fn: Callable[[], object], repeat: int, device: torch.device) -> fl
     return statistics.median(times)
 
 
-def count_syncs(fn: Callable[[], object]) -> int:
-    """Host synchronizations of one call of ``fn`` on CUDA (warnings of the sync debug mode)."""
+@contextmanager
+def counting_syncs() -> Iterator[list[int]]:
+    """Within the block, CUDA's sync debug mode warns at each host synchronization; yields a list that
+    holds their count once the block ends (``[n]``)."""
+    count: list[int] = []
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fn()
+            yield count
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    count.append(sum("synchroniz" in str(w.message) for w in caught))
+
+
+def count_syncs(fn: Callable[[], object]) -> int:
+    """Host synchronizations of one call of ``fn`` on CUDA (warnings of the sync debug mode)."""
+    with counting_syncs() as count:
+        fn()
+    return count[0]
 
 
 def measure(
