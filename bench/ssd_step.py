@@ -11,6 +11,7 @@ threshold and top-k, one class-wise NMS, the cap) are timed separately. Prints
 the median milliseconds per batch of each. On CUDA it also counts the host
 synchronizations of one loss step and one detection with
 ``torch.cuda.set_sync_debug_mode("warn")`` (one warning per synchronizing call).
+:func:`measure` returns the same figures as a dict (``bench/gpu_check.py`` uses it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import argparse
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -77,35 +79,45 @@ def median_ms(fn: Callable[[], object], repeat: int, device: torch.device) -> fl
     return statistics.median(times)
 
 
-def count_syncs(fn: Callable[[], object]) -> int:
-    """Host synchronizations of one call of ``fn`` on CUDA (warnings of the sync debug mode)."""
+@contextmanager
+def counting_syncs() -> Iterator[list[int]]:
+    """Within the block, CUDA's sync debug mode warns at each host synchronization; yields a list that
+    holds their count once the block ends (``[n]``)."""
+    count: list[int] = []
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            fn()
+            yield count
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    count.append(sum("synchroniz" in str(w.message) for w in caught))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--classes", type=int, default=20)
-    parser.add_argument("--objects", type=int, nargs=2, default=(1, 8))
-    parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    device = torch.device(args.device)
+def count_syncs(fn: Callable[[], object]) -> int:
+    """Host synchronizations of one call of ``fn`` on CUDA (warnings of the sync debug mode)."""
+    with counting_syncs() as count:
+        fn()
+    return count[0]
+
+
+def measure(
+    batch: int = 32,
+    num_classes: int = 20,
+    objects: tuple[int, int] = (1, 8),
+    repeat: int = 10,
+    device: str | torch.device = "cpu",
+) -> dict[str, float | int | str]:
+    """Median milliseconds per batch of the loss step (+ backward) and of the detection; on CUDA also the
+    host synchronizations of one of each (``syncs_loss_step``, ``syncs_detection``)."""
+    device = torch.device(device)
     torch.manual_seed(0)
-
     defaults = default_boxes([(s, s) for s in MAPS], SIZE, 0.2, 0.9, RATIOS).to(device)
-    head = _head(args.classes).to(device)
-    data = make_batch(args.batch, tuple(args.objects), args.classes)
+    head = _head(num_classes).to(device)
+    data = make_batch(batch, objects, num_classes)
     data = {k: _to(v, device) for k, v in data.items()}
-    raw = outputs(args.batch, args.classes, defaults)
+    raw = outputs(batch, num_classes, defaults)
     logits = raw.cls_logits.to(device).requires_grad_(True)
     offsets = raw.box_offsets.to(device).requires_grad_(True)
 
@@ -116,11 +128,34 @@ def main() -> None:
     def detect() -> None:
         head.detect(SSDOutputs(cls_logits=logits.detach(), box_offsets=offsets.detach(), defaults=defaults))
 
-    print(f"device: {device}; batch {args.batch}, {defaults.shape[0]} default boxes, {args.classes} classes")
-    print(f"loss + backward: {median_ms(loss_step, args.repeat, device):8.1f} ms per batch")
-    print(f"detection:       {median_ms(detect, args.repeat, device):8.1f} ms per batch")
+    result: dict[str, float | int | str] = {
+        "device": str(device),
+        "batch": batch,
+        "default_boxes": int(defaults.shape[0]),
+        "classes": num_classes,
+        "loss_step_ms": median_ms(loss_step, repeat, device),
+        "detection_ms": median_ms(detect, repeat, device),
+    }
     if device.type == "cuda":
-        print(f"host synchronizations: loss step {count_syncs(loss_step)}, detection {count_syncs(detect)}")
+        result["syncs_loss_step"] = count_syncs(loss_step)
+        result["syncs_detection"] = count_syncs(detect)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--objects", type=int, nargs=2, default=(1, 8))
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    r = measure(args.batch, args.classes, tuple(args.objects), args.repeat, args.device)
+    print(f"device: {r['device']}; batch {r['batch']}, {r['default_boxes']} default boxes, {r['classes']} classes")
+    print(f"loss + backward: {r['loss_step_ms']:8.1f} ms per batch")
+    print(f"detection:       {r['detection_ms']:8.1f} ms per batch")
+    if "syncs_loss_step" in r:
+        print(f"host synchronizations: loss step {r['syncs_loss_step']}, detection {r['syncs_detection']}")
 
 
 def _to(value: object, device: torch.device) -> object:
