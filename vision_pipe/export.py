@@ -219,7 +219,49 @@ def export_onnx(
             assert program is not None
             program.save(str(path), external_data=False)
     except Exception as exc:  # the exporter's many error types: one message naming the stages
-        raise VisionPipeError(f"cannot export {what} to ONNX (opset {opset}): {_reason(exc)}") from exc
+        culprit = _failing_stage(model, example, opset)
+        where = f"; it is in the {culprit}" if culprit else ""
+        raise VisionPipeError(f"cannot export {what} to ONNX (opset {opset}): {_reason(exc)}{where}") from exc
+
+
+class _Prefix(nn.Module):
+    """The first stages of an export (uint8 NHWC images → normalization, or → backbone maps), to find
+    which stage the exporter cannot translate."""
+
+    def __init__(self, normalizer: nn.Module | None, backbone: nn.Module | None) -> None:
+        super().__init__()
+        self.normalizer, self.backbone = normalizer, backbone
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        x = images.permute(0, 3, 1, 2).float()
+        if self.normalizer is not None:
+            x = self.normalizer(x)
+        if self.backbone is None:
+            return (x,)
+        return tuple(self.backbone(x).maps.values())
+
+
+def _failing_stage(model: ExportModel, example: Tensor, opset: int) -> str | None:
+    """After a failed ONNX export: which stage holds what the exporter could not translate — the first of
+    normalization and backbone whose prefix of the model fails to export alone, else the head (with its
+    ``export_outputs``); ``None`` when the model is not one of :class:`~vision_pipe.module.InferenceModel`."""
+    inference = model.module
+    normalizer, backbone = getattr(inference, "normalizer", None), getattr(inference, "backbone", None)
+    if backbone is None:
+        return None
+    stages: list[tuple[str, nn.Module | None, nn.Module | None]] = [("backbone", normalizer, backbone)]
+    if normalizer is not None:
+        stages.insert(0, ("normalization", normalizer, None))
+    for kind, norm, back in stages:
+        try:
+            with warnings.catch_warnings(), _quiet_exporter():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    _Prefix(norm, back).eval(), (example,), dynamo=True, opset_version=opset, verbose=False
+                )
+        except Exception:
+            return f"{kind} stage"
+    return "head stage (its forward or export_outputs)"
 
 
 def _reason(exc: BaseException) -> str:

@@ -176,7 +176,7 @@ def test_export_of_a_head_without_export_outputs_names_the_head(
         pipe.export(tmp_path / "x")
 
 
-def test_unknown_format_and_an_unexportable_head(trained: tuple[Pipeline, Path], tmp_path: Path) -> None:
+def test_unknown_format_and_an_unexportable_stage(trained: tuple[Pipeline, Path], tmp_path: Path) -> None:
     pipe, _ = trained
     with pytest.raises(VisionPipeError, match="format 'tflite' is not supported"):
         pipe.export(tmp_path / "x", format="tflite")
@@ -196,11 +196,26 @@ def test_unknown_format_and_an_unexportable_head(trained: tuple[Pipeline, Path],
     head.export_outputs = custom_op  # type: ignore[method-assign]
     try:
         with pytest.raises(
-            VisionPipeError, match=r"cannot export pipeline .*head '(fcn|classification|ssd)'.*vp_test.twice"
+            VisionPipeError,
+            match=r"cannot export pipeline .*head '(fcn|classification|ssd)'.*vp_test.twice.*it is in the head stage",
         ):
             pipe.export(tmp_path / "y")
     finally:
         head.export_outputs = original  # type: ignore[method-assign]
+    backbone = pipe.module.backbone
+    forward = backbone.forward
+
+    def backbone_custom_op(x: Any) -> Any:
+        features = forward(x)
+        features.maps = {name: _twice(t) for name, t in features.maps.items()}
+        return features
+
+    backbone.forward = backbone_custom_op  # type: ignore[method-assign]
+    try:
+        with pytest.raises(VisionPipeError, match=r"vp_test.twice.*it is in the backbone stage"):
+            pipe.export(tmp_path / "z")
+    finally:
+        del backbone.forward
 
 
 # -- another input size ------------------------------------------------------------------------------------------
