@@ -17,13 +17,12 @@ synchronizations of one loss step and one detection with
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from postprocess import median_ms  # the same timing as the post-processing bench (2 warm-up calls)
 
 from vision_pipe.data import collate
 from vision_pipe_plugins.head.ssd import SSDOutputs, ssd
@@ -63,20 +62,6 @@ def outputs(batch: int, num_classes: int, defaults: torch.Tensor, seed: int = 1)
     logits[..., 0] += 6.5  # background wins on most boxes: ~7 % of the (box, class) pairs pass 0.01
     offsets = 0.5 * torch.randn(batch, defaults.shape[0], 4, generator=g)
     return SSDOutputs(cls_logits=logits, box_offsets=offsets, defaults=defaults)
-
-
-def median_ms(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 @contextmanager
