@@ -28,11 +28,17 @@ seconds from the start, and each part's failure is recorded and the next one run
 - ``ssd_all_off``: ``ssd`` in fp32 (``32-true``), no channels_last, no compile, no cuDNN benchmark.
 - ``ssd_no_compile``, ``ssd_no_benchmark``, ``ssd_no_channels_last``, ``ssd_no_bf16``: ``ssd`` with one
   switch off each; then ``segmentation_transposed`` (``segmentation`` with transposed convolutions).
+- ``shapes_<task>_fp32`` / ``shapes_<task>_bf16``: the three shapes pipelines at their own sizes in fp32
+  and in bf16-mixed + channels_last + cuDNN benchmark (no compile: small models).
+- ``overhead``: ``bench/overhead.py --task classification`` on this device (a subprocess): its ratio.
+
+Every fitted part also reports the forward GFLOPs per image (torch's FLOP counter), the training TFLOP/s
+they imply (3 × forward × images/s) and their fraction of the card's dense bf16 peak.
 
 Everything goes to ``DIR/gpu_check.json`` (``--out``, default ``$OUT`` or ``.``), rewritten after each
 part, so a run stopped by the device tool's limit still returns what it measured; a table ends the output.
 ``--quick``: 5 + 10 steps, fewer parts (a smoke run on the GPU). Without CUDA the script stops with exit
-code 2, unless ``--allow-cpu``: tiny images, batches and step counts, no compile, no DataLoader workers
+code 2, unless ``--allow-cpu`` (or ``--dry-run``, the same tiny runs on any device: the test suite's): tiny images, batches and step counts, no compile, no DataLoader workers
 (a smoke test of the script itself, a few seconds per part). Exit code 1 when a part failed.
 """
 
@@ -261,6 +267,7 @@ class Check:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.cpu = not torch.cuda.is_available()
+        self.tiny = self.cpu or bool(getattr(args, "dry_run", False))  #: tiny sizes and steps (a smoke run)
         self.work = work
         self.warmup, self.steps = args.warmup, args.steps
 
@@ -284,13 +291,13 @@ class Check:
             "early_stopping.enabled=false",
             f"output_dir={out}",
         ]
-        if self.cpu:
+        if self.tiny:
             overrides.append("data.num_workers=0")
         return overrides, images
 
     def switch_overrides(self, switches: dict[str, bool]) -> list[str]:
         on = {**ALL_ON, **switches}
-        compile_on = on["compile"] and not self.cpu  # no compiling on the CPU smoke run
+        compile_on = on["compile"] and not self.tiny  # no compiling in a smoke run
         return [
             f"trainer.precision={'bf16-mixed' if on['bf16'] else '32-true'}",
             f"model.channels_last={str(on['channels_last']).lower()}",
@@ -299,7 +306,7 @@ class Check:
         ]
 
     def ssd_overrides(self, switches: dict[str, bool]) -> list[str]:
-        batch = 4 if self.cpu else 32
+        batch = 4 if self.tiny else 32
         common, _ = self.common(batch)
         tiny = [  # 128 px: five maps (16² .. 1²), so one aspect-ratio list fewer
             "data.loader.size=128",
@@ -309,10 +316,10 @@ class Check:
             "model.head.num_maps=5",
             "model.head.aspect_ratios=[[2],[2,3],[2,3],[2],[2]]",
         ]
-        return common + self.switch_overrides(switches) + (tiny if self.cpu else [])
+        return common + self.switch_overrides(switches) + (tiny if self.tiny else [])
 
     def segmentation_overrides(self, upsample: str) -> list[str]:
-        batch, size, width = (4, 64, 8) if self.cpu else (32, 256, 64)
+        batch, size, width = (4, 64, 8) if self.tiny else (32, 256, 64)
         common, _ = self.common(batch)
         return (
             common
@@ -326,6 +333,14 @@ class Check:
             ]
         )
 
+    def shapes_overrides(self, task: str, fast: bool) -> list[str]:
+        """``pipelines/shapes_<task>.yaml`` at its own sizes and batch, for warm-up + steps: ``fast`` is
+        bf16-mixed + channels_last + cuDNN benchmark (no compile: these models are small), else fp32."""
+        batch = 4 if self.tiny else {"classification": 128, "segmentation": 32, "detection": 32}[task]
+        common, _ = self.common(batch)
+        switches = {"bf16": fast, "channels_last": fast, "benchmark": fast, "compile": False}
+        return [*common, *self.switch_overrides(switches), f"data.batch_size={batch}"]
+
     def fit(self, yaml: str, overrides: list[str], *, cached: bool = False) -> dict[str, Any]:
         """Fit ``pipelines/<yaml>`` with ``overrides`` for warm-up + steps; the :class:`StepTimer` figures."""
         timer = StepTimer(self.warmup, self.steps)
@@ -338,13 +353,35 @@ class Check:
             batch = next(iter(loader))
             del loader
             pipe.datamodule.train_dataloader = lambda: _Repeat(batch, self.warmup + self.steps)  # type: ignore[method-assign]
+        flops = forward_flops(pipe)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         pipe.fit()
         result = {"fit_s": time.perf_counter() - start, **timer.result(), "overrides": overrides}
+        result.update(achieved_flops(flops, result["images_per_s"]))
         result["loss"] = _float(pipe.trainer.callback_metrics.get("train/loss")) if pipe.trainer else None
         return result
+
+    def overhead(self) -> dict[str, Any]:
+        """``bench/overhead.py`` (classification) on this device, in a subprocess: the pipeline's seconds per
+        epoch over a plain PyTorch loop's, and whether the losses are equal."""
+        accelerator = "cpu" if self.cpu else "gpu"
+        size = ["--epochs", "2", "--images", "64", "--rounds", "1"] if self.tiny else ["--epochs", "4", "--rounds", "1"]
+        cmd = [sys.executable, str(ROOT / "bench" / "overhead.py"), "--task", "classification", *size]
+        cmd += ["--accelerator", accelerator, f"output_dir={self.work / 'overhead'}"]
+        if self.tiny:
+            cmd += ["trainer.enable_progress_bar=false"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        lines = [line for line in proc.stdout.splitlines() if "ratio" in line or "losses equal" in line]
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench/overhead.py exited {proc.returncode}: {proc.stderr[-2000:]}")
+        ratios = [float(line.split("ratio")[1].split()[0]) for line in lines if "ratio" in line]
+        return {
+            "lines": lines,
+            "ratio_wall": ratios[0] if ratios else None,
+            "ratio_cpu": ratios[1] if len(ratios) > 1 else None,
+        }
 
     def loader(self) -> dict[str, Any]:
         """images/s of the ``ssd`` pipeline's training DataLoader alone."""
@@ -430,6 +467,47 @@ def _matmul_tflops(n: int = 8192, repeat: int = 10) -> float:
     return 2 * n**3 / seconds / 1e12
 
 
+#: Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) of the cards the device tool lends.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def forward_flops(pipe: Pipeline) -> float | None:
+    """FLOPs of one forward pass of ``pipe``'s model on one image at its input size (torch's FLOP counter,
+    on a CPU copy of the input), or ``None`` where the counter fails."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = pipe.config.data.input_size
+    module = pipe.module
+    images = torch.zeros(1, 3, h, w, dtype=torch.uint8, device=next(module.parameters()).device)
+    was_training = module.training
+    module.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            module(images)
+        return float(counter.get_total_flops())
+    except Exception:  # a model the counter cannot follow: no FLOP figure, the rest stands
+        return None
+    finally:
+        module.train(was_training)
+
+
+def achieved_flops(forward: float | None, images_per_s: float) -> dict[str, Any]:
+    """Training FLOP/s estimated as 3 × forward FLOPs (forward + backward) × images/s, and its fraction
+    of the device's dense bf16 peak (:data:`BF16_PEAK_TFLOPS`; ``None`` for another device)."""
+    if forward is None:
+        return {"forward_gflops_per_image": None, "achieved_tflops": None, "fraction_of_bf16_peak": None}
+    achieved = 3 * forward * images_per_s / 1e12
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    return {
+        "forward_gflops_per_image": forward / 1e9,
+        "achieved_tflops": achieved,
+        "bf16_peak_tflops": peak,
+        "fraction_of_bf16_peak": achieved / peak if peak else None,
+    }
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -439,16 +517,28 @@ def _float(value: Any) -> float | None:
 # ----------------------------------------------------------------------------
 
 COMPILING = {"ssd", "ssd_cached", "ssd_no_benchmark", "ssd_no_channels_last", "ssd_no_bf16"}
-QUICK_PARTS = ("env", "syncs", "ssd", "loader", "segmentation", "ssd_all_off")
-CPU_PARTS = ("env", "syncs", "ssd", "loader", "ssd_cached", "segmentation", "ssd_all_off")
+QUICK_PARTS = ("env", "syncs", "ssd", "loader", "segmentation", "ssd_all_off", "shapes_detection_bf16")
+CPU_PARTS = (
+    "env",
+    "syncs",
+    "ssd",
+    "loader",
+    "ssd_cached",
+    "segmentation",
+    "ssd_all_off",
+    "shapes_classification_fp32",
+    "shapes_segmentation_bf16",
+    "shapes_detection_fp32",
+    "overhead",
+)
 
 
 def parts_of(check: Check) -> dict[str, Callable[[], dict[str, Any]]]:
-    cpu = check.cpu
+    tiny = check.tiny
     parts: dict[str, Callable[[], dict[str, Any]]] = {
         "env": environment,
         "syncs": lambda: ssd_step.measure(
-            batch=2 if cpu else 32, repeat=1 if cpu else 10, device="cpu" if cpu else "cuda"
+            batch=2 if tiny else 32, repeat=1 if tiny else 10, device="cpu" if check.cpu else "cuda"
         ),
         "ssd": lambda: check.fit("ssd300_gpu.yaml", check.ssd_overrides({})),
         "loader": check.loader,
@@ -461,6 +551,12 @@ def parts_of(check: Check) -> dict[str, Callable[[], dict[str, Any]]]:
     parts["segmentation_transposed"] = lambda: check.fit(
         "shapes_segmentation.yaml", check.segmentation_overrides("transposed")
     )
+    for task in ("classification", "segmentation", "detection"):
+        for fast in (False, True):
+            parts[f"shapes_{task}_{'bf16' if fast else 'fp32'}"] = lambda t=task, f=fast: check.fit(
+                f"shapes_{t}.yaml", check.shapes_overrides(t, f)
+            )
+    parts["overhead"] = check.overhead
     return parts
 
 
@@ -469,6 +565,10 @@ def estimate(name: str, report: dict[str, Any]) -> float:
     done = report["parts"]
     if name in ("env", "syncs", "loader"):
         return 20.0
+    if name.startswith("shapes_"):
+        return 40.0
+    if name == "overhead":
+        return 90.0
     like = "ssd" if name in COMPILING else ("ssd_all_off" if name.startswith("ssd") else "segmentation")
     if like in done and done[like].get("status") == "ok":
         return float(done[like]["seconds"])
@@ -484,7 +584,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="5 + 10 steps, fewer parts")
     parser.add_argument("--parts", default=None, help="comma-separated part names (default: all)")
     parser.add_argument("--allow-cpu", action="store_true", help="without CUDA: tiny runs that smoke-test the script")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny sizes and steps on whatever device there is (the test suite's run)"
+    )
     args = parser.parse_args()
+    args.allow_cpu = args.allow_cpu or args.dry_run
     if not torch.cuda.is_available() and not args.allow_cpu:
         print(
             "gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
@@ -492,7 +596,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    cpu = not torch.cuda.is_available()
+    cpu = not torch.cuda.is_available() or args.dry_run  # tiny: sizes, steps and parts of a smoke run
     small = args.quick or cpu
     args.warmup = args.warmup if args.warmup is not None else (2 if cpu else 5 if args.quick else 20)
     args.steps = args.steps if args.steps is not None else (3 if cpu else 10 if args.quick else 100)
