@@ -42,18 +42,23 @@ def _confusion_total(path: Path) -> int:
     return sum(int(v) for row in rows for v in row[1:])
 
 
+def _fit_in_two_processes(config: dict, path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Write ``config`` to ``path`` and fit it with the CLI (Lightning's ddp launcher starts rank 1 by
+    re-running the command, so the fit runs as a process of its own); it must succeed."""
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), *flags, "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_ddp_on_two_cpu_processes_matches_one_process(tiny_config, tmp_path: Path, single_process_env) -> None:
     """fit + test with ``strategy: ddp, devices: 2``; its test metrics equal a 1-process test of the same checkpoint."""
     config = copy.deepcopy(tiny_config)
     config["data"]["loader"]["num_images"] = 55  # val and test get 11 samples: an odd number to split in 2
     config["trainer"].update(strategy="ddp", devices=2, max_epochs=1)
     path = tmp_path / "tiny_ddp.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-
-    # Lightning's ddp launcher starts rank 1 by re-running the command: run it as a CLI process.
-    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _fit_in_two_processes(config, path)
 
     runs = list((tmp_path / "runs" / "tiny").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote no run directory of its own
@@ -154,14 +159,10 @@ def test_ddp_trains_models_with_parameters_no_output_uses(
     config["data"]["loader"]["num_images"] = 40
     config["data"]["batch_size"] = 4  # 3 steps per process: DDP notices a missing gradient at the second
     config["trainer"].update(strategy="ddp", devices=2, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
-    path = tmp_path / f"{case}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    pipe = Pipeline.from_yaml(path)
+    pipe = Pipeline.from_dict(config)
     assert pipe.module.unused_parameters  # what the probe found, frozen
     assert all(not p.requires_grad for n, p in pipe.module.named_parameters() if n in pipe.module.unused_parameters)
-    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "--no-test", "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _fit_in_two_processes(config, tmp_path / f"{case}.yaml", "--no-test")
     assert "Expected to have finished reduction" not in proc.stderr
 
 
@@ -218,10 +219,7 @@ def test_ddp_detection_metrics_on_a_split_that_does_not_divide_equal_one_process
     config["trainer"].update(strategy="ddp", devices=2, max_epochs=3)
     config["data"]["batch_size"] = 4
     path = tmp_path / "det_ddp.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    cmd = [sys.executable, "-m", "vision_pipe.cli", "fit", str(path), "trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _fit_in_two_processes(config, path)
     run = next((tmp_path / "runs" / "tiny").iterdir())
     ddp = json.loads((run / "metrics.json").read_text())
 
