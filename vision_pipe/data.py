@@ -120,6 +120,11 @@ _RESIZING = (
 )
 
 
+def input_resize(input_size: tuple[int, int]) -> A.Resize:
+    """The first step of every transform: resize to ``input_size`` (H, W), masks sampled at pixel centres."""
+    return A.Resize(height=input_size[0], width=input_size[1], mask_interpolation=cv2.INTER_NEAREST_EXACT)
+
+
 def build_transform(
     task: str | Task | None,
     input_size: tuple[int, int],
@@ -136,7 +141,7 @@ def build_transform(
     pixel centres (resizing transforms get ``INTER_NEAREST_EXACT`` instead of
     plain ``INTER_NEAREST``), so they stay aligned.
     """
-    resize = A.Resize(height=input_size[0], width=input_size[1], mask_interpolation=cv2.INTER_NEAREST_EXACT)
+    resize = input_resize(input_size)
     for t in augmentations:
         if isinstance(t, _RESIZING) and getattr(t, "mask_interpolation", None) == cv2.INTER_NEAREST:
             t.mask_interpolation = cv2.INTER_NEAREST_EXACT
@@ -197,7 +202,7 @@ def transform_sample(
         )
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        "meta": {"id": sample_id, "orig_size": tuple(sample["image"].shape[:2])},
+        "meta": {"id": sample_id, "orig_size": tuple(sample.get("orig_size", sample["image"].shape[:2]))},
         **spec.transformed_targets(sample, out),
     }
 

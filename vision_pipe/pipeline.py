@@ -37,6 +37,7 @@ from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_
 from vision_pipe.data import PipelineDataModule
 from vision_pipe.distributed import share_cache, wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
+from vision_pipe.image_cache import cache_splits
 from vision_pipe.plugins import PluginManager
 from vision_pipe.predict import LazyImages, predict_batches, predict_device
 from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
@@ -232,7 +233,8 @@ class Pipeline:
         wait_for_rank_zero(preflight_cache_path(self.splits, self.config.task, num_classes), "pre-flight report")
         report = run_preflight(self.splits, self.config.task, num_classes, dm.num_workers)
         self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)
-        dm.splits = self.splits
+        data = self.config.data
+        dm.splits = cache_splits(self.splits, data.input_size, self.config.task, data.cache, dm.num_workers)
         self.preflight_report = report
         skipped = f", {len(report.bad)} bad sample(s) skipped" if report.bad else ""
         source = "cached" if report.cached else f"{report.seconds:.1f} s"
@@ -248,7 +250,7 @@ class Pipeline:
             return
         dm = self._require_data("fit the normalization")
         spec = self.resolved["data"]["normalization"]
-        fit_normalizer(normalizer, self.splits["train"], self.config.data.input_size, spec, dm.num_workers)
+        fit_normalizer(normalizer, dm.splits["train"], self.config.data.input_size, spec, dm.num_workers)
         self._normalizer_fitted = True
 
     def _ensure_run_dir(self, checkpoint: str | Path | None = None) -> Path:
