@@ -81,12 +81,13 @@ class DataConfig(_Strict):
         "out and list it in the run's preflight.json (skip)",
     )
     boxes: BoxRules = Field(default_factory=lambda: BoxRules())
-    cache: Literal["none", "ram", "disk"] = Field(
-        "none",
-        description="decode and resize each image once and train on the cached uint8 arrays: none; ram (shared "
-        "memory every DataLoader worker reads); disk (memory-mapped files under $VISION_PIPE_CACHE, keyed by the "
-        "data fingerprint and the input size). Augmentation still runs every epoch; classification and "
-        "segmentation only for now",
+    cache: Literal["auto", "none", "ram", "disk"] = Field(
+        "auto",
+        description="decode and resize each image once and train on the cached uint8 arrays (and resized boxes): "
+        "none; ram (shared memory every DataLoader worker reads); disk (memory-mapped files under "
+        "$VISION_PIPE_CACHE, keyed by the data fingerprint and the input size, reused by later runs); auto "
+        "(default): ram for a fit when it takes at most a quarter of the available memory, else none. "
+        "Augmentation still runs every epoch",
     )
     max_image_pixels: int = Field(
         DEFAULT_MAX_IMAGE_PIXELS,

@@ -19,8 +19,14 @@ run gives the same batches as an uncached one under the same seed.
 
 The bytes needed are estimated and logged before caching; ``ram`` that does not
 fit in the available memory (or in ``/dev/shm``) stops with a message that
-suggests ``disk``. First version: classification and segmentation (labels and
-masks are exact); detection boxes are not cached yet.
+suggests ``disk``. Detection boxes are resized with the image (albumentations'
+box rules, none dropped) and kept beside it.
+
+``auto`` (the default) caches in ``ram`` when a fit starts and the estimate is
+under :data:`AUTO_FRACTION` of the available memory, else not at all: a fit
+reads every image once per epoch, so decoding once pays from the second epoch;
+``validate``/``test``/``predict`` read each image once and are not cached unless
+asked for (``disk`` then also serves later runs).
 """
 
 from __future__ import annotations
@@ -52,7 +58,11 @@ log = logging.getLogger("vision_pipe")
 CACHE_VERSION = 1
 #: The share of the available memory a ``ram`` cache may take.
 RAM_FRACTION = 0.8
-CACHED_TASKS = ("classification", "segmentation")
+#: ``auto`` caches in ``ram`` only when the cache takes at most this share of the available memory.
+AUTO_FRACTION = 0.25
+CACHED_TASKS = ("classification", "segmentation", "detection")
+#: Splits up to this size are decoded in the calling process: starting workers would cost more.
+IN_PROCESS_SAMPLES = 256
 
 
 class CachedSource(SampleSource):
@@ -100,27 +110,28 @@ class _Decode(Dataset):
     """One sample decoded, checked and resized as the transform's first step does."""
 
     def __init__(self, source: SampleSource, input_size: tuple[int, int], task: str) -> None:
-        self.source, self.task = source, task
-        self.resize = input_resize(input_size)
+        from vision_pipe.tasks import get_task
+
+        self.source, self.task = source, get_task(task)
+        # boxes follow the resize under the task's own box handling (clipped, none dropped)
+        self.resize = self.task.compose([input_resize(input_size)])
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray, np.ndarray | None, tuple[int, int], dict[str, Any]]:
-        from vision_pipe.tasks.segmentation import compact_mask
-
         sample = self.source[index]
         sample_id = str(sample.get("id", "?"))
         image = check_image(sample.get("image"), sample_id)
-        inputs: dict[str, Any] = {"image": image}
-        if self.task == "segmentation":
-            inputs["mask"] = compact_mask(sample["mask"])
-            if inputs["mask"].dtype != np.uint8:
-                raise DataError(
-                    f"{sample_id}: data.cache holds uint8 masks (at most 255 classes); use data.cache: none"
-                )
+        inputs: dict[str, Any] = {"image": image, **self.task.transform_inputs(sample)}
+        if "mask" in inputs and inputs["mask"].dtype != np.uint8:
+            raise DataError(f"{sample_id}: data.cache holds uint8 masks (at most 255 classes); use data.cache: none")
         out = self.resize(**inputs)
         extras = {k: _plain(v) for k, v in sample.items() if k not in ("image", "mask")}
+        if "bboxes" in out:  # detection: the resized boxes, with the labels of the boxes kept
+            extras["boxes"] = np.asarray(out["bboxes"], np.float32).reshape(-1, 4).tolist()
+            extras["labels"] = [int(v) for v in out["labels"]]
+            extras["difficult"] = [bool(v) for v in out["difficult"]]
         return index, out["image"], out.get("mask"), (int(image.shape[0]), int(image.shape[1])), extras
 
 
@@ -129,7 +140,10 @@ def _as_is(item: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+    """``value`` as JSON can hold it (the disk cache keeps the extras in meta.json)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def cache_key(source: SampleSource, input_size: tuple[int, int], task: str) -> str:
@@ -197,6 +211,7 @@ def _fill(
     """Decode every sample of ``source`` into ``images`` (and ``masks``); the original sizes and the extras."""
     orig_sizes = np.zeros((len(source), 2), np.int64)
     extras: list[dict[str, Any]] = [{} for _ in range(len(source))]
+    num_workers = num_workers if len(source) > IN_PROCESS_SAMPLES else 0
     loader = DataLoader(
         _Decode(source, input_size, task),
         batch_size=None,
@@ -282,34 +297,71 @@ def cache_source(
     return _read_disk_cache(source, path)
 
 
+def _free_ram() -> tuple[int, str]:
+    """The memory a ``ram`` cache may use (the smaller of ``MemAvailable`` and ``/dev/shm``'s free space)."""
+    free, where = available_memory(), "this machine"
+    if Path("/dev/shm").is_dir():
+        shm = shutil.disk_usage("/dev/shm").free
+        if free == 0 or shm < free:
+            free, where = shm, "/dev/shm (shared memory)"
+    return free, where
+
+
+def resolve_mode(mode: str, need: int, free: int, *, fitting: bool) -> str:
+    """The cache ``mode`` to use: ``auto`` becomes ``ram`` for a fit whose cache of ``need`` bytes takes at most
+    :data:`AUTO_FRACTION` of the ``free`` memory, else ``none``; the other modes stay as they are."""
+    if mode != "auto":
+        return mode
+    return "ram" if fitting and free and need <= AUTO_FRACTION * free else "none"
+
+
 def cache_splits(
-    splits: Mapping[str, SampleSource], input_size: tuple[int, int], task: str, mode: str, num_workers: int
+    splits: Mapping[str, SampleSource],
+    input_size: tuple[int, int],
+    task: str,
+    mode: str,
+    num_workers: int,
+    *,
+    fitting: bool = False,
 ) -> dict[str, SampleSource]:
-    """Every split cached in ``mode`` (``none``: the splits as they are); logs what the cache takes first."""
-    if mode == "none":
+    """Every split cached in ``mode`` (``none``: the splits as they are; ``auto``: see
+    :func:`resolve_mode`, ``fitting`` saying whether a fit will read them); logs what the cache takes first."""
+    if mode == "none" or (mode == "auto" and (not fitting or task not in CACHED_TASKS)):
         return dict(splits)
     if task not in CACHED_TASKS:
-        raise ConfigError(
-            f"data.cache: {mode} is for {' and '.join(CACHED_TASKS)} pipelines so far; use data.cache: none"
-        )
+        raise ConfigError(f"data.cache: {mode} is for {', '.join(CACHED_TASKS)} pipelines; use data.cache: none")
     sizes = {name: len(s) for name, s in splits.items() if len(s)}
     need = bytes_needed(sum(sizes.values()), input_size, task)
-    if mode == "ram":
-        free, where = available_memory(), "this machine"
-        check_fits(mode, need, free, where)
-        if Path("/dev/shm").is_dir():
-            check_fits(mode, need, shutil.disk_usage("/dev/shm").free, "/dev/shm (shared memory)")
-    else:
+    if mode == "disk":
         root = cache_dir()
         root.mkdir(parents=True, exist_ok=True)
         free, where = shutil.disk_usage(root).free, str(root)
-        check_fits(mode, need, free, where)
+    else:
+        free, where = _free_ram()
+    chosen = resolve_mode(mode, need, free, fitting=fitting)
     counts = " + ".join(f"{n} {name}" for name, n in sizes.items())
+    if chosen == "none":
+        log.info(
+            "image cache (auto): not cached, %s samples at %dx%d would need %s of %s available in %s",
+            counts, input_size[1], input_size[0], _fmt(need), _fmt(free) if free else "unknown", where,
+        )  # fmt: skip
+        return dict(splits)
+    check_fits(chosen, need, free, where)
     log.info(
         "image cache (%s): %s samples at %dx%d need %s (%s available in %s)",
-        mode, counts, input_size[1], input_size[0], _fmt(need), _fmt(free) if free else "unknown", where,
+        mode if mode == chosen else f"{mode} -> {chosen}", counts, input_size[1], input_size[0], _fmt(need),
+        _fmt(free) if free else "unknown", where,
     )  # fmt: skip
-    return {name: cache_source(s, input_size, task, mode, num_workers) if len(s) else s for name, s in splits.items()}
+    return {name: cache_source(s, input_size, task, chosen, num_workers) if len(s) else s for name, s in splits.items()}
 
 
-__all__ = ["CachedSource", "bytes_needed", "cache_key", "cache_path", "cache_source", "cache_splits", "check_fits"]
+__all__ = [
+    "CachedSource",
+    "bytes_needed",
+    "cache_key",
+    "cache_path",
+    "cache_source",
+    "cache_splits",
+    "check_fits",
+    "resolve_mode",
+]

@@ -132,6 +132,7 @@ class Pipeline:
         self.best_checkpoint: str | None = None
         self.preflight_report: PreflightReport | None = None
         self._normalizer_fitted = False
+        self._images_cached: bool | None = None  # None: data.cache not applied yet; False: applied, not cached
         self._running_action: str | None = None
         self.manager.hook.vision_pipe_pipeline_built(pipeline=self)
 
@@ -233,8 +234,7 @@ class Pipeline:
         wait_for_rank_zero(preflight_cache_path(self.splits, self.config.task, num_classes), "pre-flight report")
         report = run_preflight(self.splits, self.config.task, num_classes, dm.num_workers)
         self.splits = apply_report(self.splits, report, self.config.data.on_bad_sample)
-        data = self.config.data
-        dm.splits = cache_splits(self.splits, data.input_size, self.config.task, data.cache, dm.num_workers)
+        dm.splits = self.splits
         self.preflight_report = report
         skipped = f", {len(report.bad)} bad sample(s) skipped" if report.bad else ""
         source = "cached" if report.cached else f"{report.seconds:.1f} s"
@@ -275,10 +275,23 @@ class Pipeline:
                 self.run_dir, self.trainer = None, None
             raise
 
-    def _prepare(self, checkpoint: str | Path | None, *, record: bool) -> Path:
-        """Pre-flight, then the run directory; its preflight.json when ``record`` or when the pass ran here."""
+    def _cache_images(self, *, fitting: bool) -> None:
+        """Apply ``data.cache`` to the checked splits, once (``auto`` caches for a fit only;
+        see :mod:`vision_pipe.image_cache`)."""
+        if self._images_cached or (self._images_cached is False and not fitting):
+            return
+        dm, data = self._require_data("cache the images"), self.config.data
+        dm.splits = cache_splits(
+            self.splits, data.input_size, self.config.task, data.cache, dm.num_workers, fitting=fitting
+        )
+        self._images_cached = any(split is not self.splits[name] for name, split in dm.splits.items())
+
+    def _prepare(self, checkpoint: str | Path | None, *, record: bool, fitting: bool = False) -> Path:
+        """Pre-flight, the image cache, then the run directory; its preflight.json when ``record`` or when the
+        pass ran here."""
         record = record or self.preflight_report is None
         report = self.preflight()
+        self._cache_images(fitting=fitting)
         run_dir = self._ensure_run_dir(checkpoint)
         if record:
             record_preflight(run_dir, report, self.config.data.on_bad_sample, self.class_names)
@@ -302,7 +315,7 @@ class Pipeline:
             check_resume_checkpoint(resume, self.resolved, self.class_names, self.module, trust=trust)
         check_trainer(self.config, self.locations)  # a bad Trainer argument stops the fit before its run directory
         with self._new_run(resume):
-            run_dir = self._prepare(resume, record=True)
+            run_dir = self._prepare(resume, record=True, fitting=True)
             dm.preflight()
             self.fit_normalizer()
             # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run

@@ -23,14 +23,21 @@ INPUT = (24, 20)
 class ListSource(SampleSource):
     """Random images of varying sizes (none at the input size); counts reads."""
 
-    def __init__(self, n: int, seed: int = 0, segmentation: bool = False, fail_at: int | None = None) -> None:
+    def __init__(self, n: int, seed: int = 0, task: str = "classification", fail_at: int | None = None) -> None:
         rng = np.random.default_rng(seed)
         self.items: list[dict[str, Any]] = []
         for i in range(n):
             h, w = int(rng.integers(20, 50)), int(rng.integers(20, 50))
             item: dict[str, Any] = {"id": f"img{i}.png", "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
-            if segmentation:
+            if task == "segmentation":
                 item["mask"] = rng.integers(0, 3, (h, w)).astype(np.int64)
+            elif task == "detection":  # 0-3 boxes, one of them reaching past the border (clipped)
+                k = int(rng.integers(0, 4))
+                x1, y1 = rng.uniform(0, w - 8, k), rng.uniform(0, h - 8, k)
+                boxes = np.stack([x1, y1, x1 + rng.uniform(4, 20, k), y1 + rng.uniform(4, 20, k)], 1)
+                item["boxes"] = boxes.astype(np.float32).reshape(-1, 4)
+                item["labels"] = rng.integers(0, 3, k)
+                item["difficult"] = rng.random(k) < 0.3
             else:
                 item["label"] = np.int64(i % 3)
             self.items.append(item)
@@ -64,18 +71,20 @@ def _items(source: SampleSource, task: str, augment: bool) -> list[dict[str, Any
     return [ds[i] for i in range(len(ds))]
 
 
-@pytest.mark.parametrize("task", ["classification", "segmentation"])
+@pytest.mark.parametrize("task", ["classification", "segmentation", "detection"])
 @pytest.mark.parametrize("mode", ["ram", "disk"])
 @pytest.mark.parametrize("augment", [True, False])
 def test_cached_samples_equal_uncached(task: str, mode: str, augment: bool) -> None:
-    source = ListSource(12, segmentation=task == "segmentation")
+    source = ListSource(12, task=task)
     cached = ic.cache_splits({"train": source}, INPUT, task, mode, 0)["train"]
     assert isinstance(cached, ic.CachedSource)
     for a, b in zip(_items(source, task, augment), _items(cached, task, augment), strict=True):
         assert a["meta"] == b["meta"]  # orig_size is the decoded image's, not the cached one's
-        for key in ("image", "label", "mask"):
+        for key in ("image", "label", "mask", "labels", "difficult"):
             if key in a:
                 assert torch.equal(a[key], b[key]), key
+        if "boxes" in a:  # resized once in the cache, then by an identity resize: equal to float32 rounding
+            torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-4)
 
 
 def test_cached_run_gives_the_same_metrics(tiny_config: dict[str, Any]) -> None:
@@ -148,9 +157,49 @@ def test_estimate_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "image cache (ram): 4 train + 2 val samples at 20x24 need 8.4 KB" in caplog.text
 
 
-def test_detection_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match=r"data\.cache: ram is for classification and segmentation"):
-        ic.cache_splits({"train": ListSource(2)}, INPUT, "detection", "ram", 0)
+def test_auto_caches_a_fit_that_fits_in_memory_only() -> None:
+    assert ic.resolve_mode("auto", need=100, free=1000, fitting=True) == "ram"
+    assert ic.resolve_mode("auto", need=300, free=1000, fitting=True) == "none"  # over a quarter of the memory
+    assert ic.resolve_mode("auto", need=100, free=1000, fitting=False) == "none"  # read once: not worth it
+    assert ic.resolve_mode("auto", need=100, free=0, fitting=True) == "none"  # unknown memory
+    assert ic.resolve_mode("disk", need=100, free=1000, fitting=False) == "disk"
+    source = ListSource(4)
+    assert ic.cache_splits({"train": source}, INPUT, "classification", "auto", 0)["train"] is source
+    cached = ic.cache_splits({"train": source}, INPUT, "classification", "auto", 0, fitting=True)["train"]
+    assert isinstance(cached, ic.CachedSource) and isinstance(cached.images, torch.Tensor)
+
+
+def test_a_fit_caches_by_default_and_a_test_alone_does_not(tiny_config: dict[str, Any]) -> None:
+    pipeline = Pipeline.from_dict(tiny_config)
+    pipeline.preflight()
+    pipeline._cache_images(fitting=False)
+    dm = pipeline.datamodule
+    assert not any(isinstance(s, ic.CachedSource) for s in dm.splits.values())
+    pipeline._cache_images(fitting=True)
+    assert all(isinstance(s, ic.CachedSource) for s in dm.splits.values() if len(s))
+
+
+def test_a_truncated_cache_file_is_rebuilt() -> None:
+    source = ListSource(4)
+    path = ic.cache_path(source, INPUT, "classification")
+    expected = np.array(ic.cache_source(source, INPUT, "classification", "disk", 0).images)
+    data = (path / "images.npy").read_bytes()
+    (path / "images.npy").write_bytes(data[: len(data) // 2])
+    rebuilt = ic.cache_source(source, INPUT, "classification", "disk", 0)
+    assert np.array_equal(np.asarray(rebuilt.images), expected)
+    assert (path / "images.npy").stat().st_size == len(data)
+
+
+@pytest.mark.parametrize("mode", ["ram", "disk"])
+def test_worker_processes_read_the_same_cached_arrays(mode: str) -> None:
+    source = ListSource(6)
+    cached = ic.cache_source(source, INPUT, "classification", mode, 0)
+    items, source.items = source.items, []  # a worker that read the source instead of the cache would fail
+    loader = torch.utils.data.DataLoader(cached, batch_size=None, num_workers=2, collate_fn=lambda item: item)
+    seen = {item["id"]: item["image"] for item in loader}
+    for i, item in enumerate(items):
+        expected = build_transform("classification", INPUT, [])(image=item["image"])["image"]
+        assert np.array_equal(seen[item["id"]], expected), i
 
 
 def test_bad_cache_value_names_the_key(tiny_config: dict[str, Any]) -> None:
