@@ -6,7 +6,7 @@ the CPU (epochs after the first), with the losses equal to 4 decimals. With
 
     .venv/bin/python bench/overhead.py [--task classification|detection|both] [--epochs 4]
                                        [--images N] [--workers W] [--progress-bar]
-                                       [--backbone yaml|timm-resnet18] [key=value ...]
+                                       [--backbone yaml|timm-resnet18] [--cache none|ram|disk] [key=value ...]
 
 For each task the ready pipeline (``pipelines/shapes_<task>.yaml``) is built
 twice from the same YAML and seed, so both sides start from identical weights:
@@ -27,6 +27,10 @@ process (the DataLoader workers' time is not in it). Each side runs ``--rounds``
 times in alternating order (a machine whose load changes favours neither); the
 ratios are those of the medians of all epochs but each run's first (which
 starts the workers). The losses compared are the first round's.
+
+``--cache ram|disk`` (default ``none``) sets ``data.cache`` on both sides (the loop
+reads the same cached splits, prepared by ``Pipeline.cache_images``): the overhead
+when decoding no longer hides it (issue #18).
 
 ``--backbone timm-resnet18`` (classification only) replaces the YAML's VGG by
 ``{name: timm, model: resnet18, pretrained: FILE}``, FILE a state dict of a
@@ -134,6 +138,7 @@ def overrides_for(args: argparse.Namespace, task: str, out: str) -> list[str]:
         *(timm_resnet18_overrides(out) if timm_backbone else []),
         f"data.loader.num_images={images}",
         f"data.num_workers={args.workers}",
+        f"data.cache={args.cache}",
         f"trainer.max_epochs={args.epochs}",
         f"trainer.accelerator={args.accelerator}",
         "trainer.devices=1",
@@ -192,7 +197,7 @@ def run_plain(yaml_path: Path, overrides: list[str], device: torch.device) -> tu
     """(b): the same stages, loaders, optimizer, seed and thread count in a loop of torch calls only."""
     threads = torch.get_num_threads()
     pipe = Pipeline.from_yaml(yaml_path, overrides)
-    pipe.preflight()
+    pipe.cache_images()  # the pre-flight, then data.cache as a fit applies it
     pipe.fit_normalizer()
     dm = pipe.datamodule
     cfg = pipe.config
@@ -261,6 +266,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=0, help="synthetic images (default: 2000 / 1000)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of both sides (>= 1 for equal losses)")
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache", choices=["none", "ram", "disk"], default="none", help="data.cache of both sides")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side, in alternating order")
     parser.add_argument("--progress-bar", action="store_true", help="keep Lightning's progress bar on side (a)")
     parser.add_argument(

@@ -275,9 +275,11 @@ class Pipeline:
                 self.run_dir, self.trainer = None, None
             raise
 
-    def _cache_images(self, *, fitting: bool) -> None:
-        """Apply ``data.cache`` to the checked splits, once (``auto`` caches for a fit only;
-        see :mod:`vision_pipe.image_cache`)."""
+    def cache_images(self, *, fitting: bool = True) -> None:
+        """Apply ``data.cache`` to the checked splits, once (``auto`` caches for a fit only, ``fitting``
+        saying whether one follows; see :mod:`vision_pipe.image_cache`). Runs the pre-flight first;
+        ``fit``/``validate``/``test`` call it themselves."""
+        self.preflight()
         if self._images_cached or (self._images_cached is False and not fitting):
             return
         dm, data = self._require_data("cache the images"), self.config.data
@@ -291,7 +293,7 @@ class Pipeline:
         pass ran here."""
         record = record or self.preflight_report is None
         report = self.preflight()
-        self._cache_images(fitting=fitting)
+        self.cache_images(fitting=fitting)
         run_dir = self._ensure_run_dir(checkpoint)
         if record:
             record_preflight(run_dir, report, self.config.data.on_bad_sample, self.class_names)

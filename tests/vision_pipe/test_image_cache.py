@@ -171,11 +171,10 @@ def test_auto_caches_a_fit_that_fits_in_memory_only() -> None:
 
 def test_a_fit_caches_by_default_and_a_test_alone_does_not(tiny_config: dict[str, Any]) -> None:
     pipeline = Pipeline.from_dict(tiny_config)
-    pipeline.preflight()
-    pipeline._cache_images(fitting=False)
+    pipeline.cache_images(fitting=False)
     dm = pipeline.datamodule
     assert not any(isinstance(s, ic.CachedSource) for s in dm.splits.values())
-    pipeline._cache_images(fitting=True)
+    pipeline.cache_images()
     assert all(isinstance(s, ic.CachedSource) for s in dm.splits.values() if len(s))
 
 
