@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from data import augmentation, write_images
+from data import pipeline_for, write_images
 
 from vision_pipe.data import default_num_workers
 
@@ -39,26 +39,8 @@ from vision_pipe.data import default_num_workers
 def measure(root: Path, args: argparse.Namespace) -> dict[str, float]:
     """One run on the images under ``root`` (in this process): seconds per phase and peak RSS in MiB."""
     os.environ["VISION_PIPE_CACHE"] = str(root.parent / "cache")  # nothing cached from an earlier count
-    from vision_pipe import Pipeline
-
-    s = args.input_size
     start = time.perf_counter()
-    pipe = Pipeline.from_dict({
-        "name": "bench_scale",
-        "task": "classification",
-        "data": {
-            "loader": {"name": "image_folder", "root": str(root)},
-            "input_size": [s, s],
-            "split": [1.0, 0.0, 0.0],
-            "batch_size": args.batch_size,
-            "num_workers": args.workers,
-            "cache": args.cache,
-            "normalization": {"name": "mean_image"},
-            "augmentation": augmentation(s),
-        },
-        "model": {"backbone": {"name": "vgg", "depth": 8, "width": 4, "stages": 2}, "head": {"name": "classification"}},
-        "output_dir": str(root.parent / "runs"),
-    })  # fmt: skip
+    pipe = pipeline_for(root, args)  # bench/data.py's pipeline: image_folder, every image in train
     times = {"index": time.perf_counter() - start}
     start = time.perf_counter()
     pipe.preflight()
