@@ -72,7 +72,11 @@ class DataConfig(_Strict):
         (0.6, 0.2, 0.2), description="train/val/test fractions, used when the loader has no split of its own"
     )
     batch_size: int = Field(64, ge=1, le=MAX_BATCH_SIZE)
-    num_workers: Annotated[int, Field(ge=0, le=1024)] | Literal["auto"] = "auto"
+    num_workers: Annotated[int, Field(ge=0, le=1024)] | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes; auto: the cores less one (per training process), and none for a "
+        "CPU fit whose images are cached (data.cache), where the model's threads make better use of the cores",
+    )
     normalization: StageSpec | None = None
     augmentation: list[StageSpec] = Field(default_factory=list)
     on_bad_sample: Literal["error", "skip"] = Field(

@@ -267,6 +267,22 @@ def default_num_workers(processes: int = 1) -> int:
     return max(0, cpu_count() // max(1, processes) - 1)
 
 
+def trains_on_cpu(trainer: Mapping[str, Any] | None = None) -> bool:
+    """Whether the ``trainer`` config trains on the CPU (``accelerator: cpu``, or ``auto`` without a GPU)."""
+    import torch
+
+    accelerator = str((trainer or {}).get("accelerator", "auto")).lower()
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def cached_num_workers(workers: int, trainer: Mapping[str, Any] | None = None) -> int:
+    """DataLoader workers for ``num_workers: auto`` once the images are cached (``data.cache``): none when
+    training on the CPU — augmenting cached uint8 arrays costs less than the cores the workers would take
+    from the model's threads (2-core CPU, bench/peer_detection.py: the fit about twice as fast with 0 workers
+    as with 1, BENCHMARKS.md) — else ``workers`` (a GPU is fed by workers on cores it does not use)."""
+    return 0 if trains_on_cpu(trainer) else workers
+
+
 # ----------------------------------------------------------------------------
 # LightningDataModule
 # ----------------------------------------------------------------------------

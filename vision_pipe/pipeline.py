@@ -34,7 +34,7 @@ from vision_pipe.cache import cache_dir, fit_normalizer
 from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
-from vision_pipe.data import PipelineDataModule
+from vision_pipe.data import PipelineDataModule, cached_num_workers
 from vision_pipe.distributed import share_cache, wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
 from vision_pipe.image_cache import cache_splits
@@ -287,6 +287,8 @@ class Pipeline:
             self.splits, data.input_size, self.config.task, data.cache, dm.num_workers, fitting=fitting
         )
         self._images_cached = any(split is not self.splits[name] for name, split in dm.splits.items())
+        if self._images_cached and data.num_workers == "auto":
+            dm.num_workers = cached_num_workers(dm.num_workers, self.config.trainer)
 
     def _prepare(self, checkpoint: str | Path | None, *, record: bool, fitting: bool = False) -> Path:
         """Pre-flight, the image cache, then the run directory; its preflight.json when ``record`` or when the

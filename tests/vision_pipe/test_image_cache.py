@@ -212,3 +212,22 @@ def test_cache_dir_holds_only_complete_folders(tmp_path: Path) -> None:
     ic.cache_source(source, INPUT, "classification", "disk", 0)
     folder = ic.cache_path(source, INPUT, "classification")
     assert sorted(p.name for p in folder.iterdir()) == ["images.npy", "meta.json", "orig_sizes.npy"]
+
+
+def test_cached_cpu_fits_use_no_workers_unless_asked(tiny_config: dict[str, Any]) -> None:
+    from vision_pipe.data import cached_num_workers
+
+    assert cached_num_workers(3, {"accelerator": "cpu"}) == 0
+    if not torch.cuda.is_available():
+        assert cached_num_workers(3, {"accelerator": "auto"}) == 0
+    assert cached_num_workers(3, {"accelerator": "gpu"}) == 3
+    tiny_config["data"]["num_workers"] = "auto"
+    tiny_config["trainer"]["accelerator"] = "cpu"
+    auto = Pipeline.from_dict(tiny_config)
+    auto.datamodule.num_workers = 1  # what auto gives a 2-core machine
+    auto.cache_images()
+    assert auto.datamodule.num_workers == 0
+    tiny_config["data"]["num_workers"] = 1
+    explicit = Pipeline.from_dict(tiny_config)
+    explicit.cache_images()
+    assert explicit.datamodule.num_workers == 1
