@@ -35,6 +35,11 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
         "annotations": TESTS / "assets" / "detection" / "coco" / "instances.json",
         "images": TESTS / "assets" / "detection" / "coco" / "images",
     },
+    ("loading", "csv_list"): {
+        "root": TESTS / "assets" / "classification" / "gtsrb",
+        "lists": {"train": "Final_Training/Images/*/GT-*.csv", "test": "Final_Test/Images/GT-final_test.csv"},
+        "crop_roi": True,
+    },
     ("loading", "voc"): {"root": TESTS / "assets" / "detection" / "voc"},
     ("loading", "yolo"): {
         "images": TESTS / "assets" / "detection" / "yolo" / "images",

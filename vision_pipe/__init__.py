@@ -69,6 +69,7 @@ from vision_pipe.tasks import TASKS
 if TYPE_CHECKING:
     from vision_pipe.checkpoints import load_weights_file
     from vision_pipe.pipeline import Pipeline
+    from vision_pipe.similar import find_similar
     from vision_pipe.stages import (
         KINDS,
         Backbone,
@@ -158,6 +159,7 @@ __all__ = [
     "check_mask",
     "did_you_mean",
     "file_stamp",
+    "find_similar",
     "fmt_box",
     "fs_key",
     "hookimpl",
@@ -191,6 +193,10 @@ def __getattr__(name: str) -> Any:
         from vision_pipe.checkpoints import load_weights_file
 
         return load_weights_file
+    if name == "find_similar":  # embeds with torch: imported when it is used
+        from vision_pipe.similar import find_similar
+
+        return find_similar
     if name in _STAGE_NAMES:
         import vision_pipe.stages
 

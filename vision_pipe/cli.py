@@ -5,6 +5,7 @@
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--device DEVICE] [--plugin MODULE]
                         [--trust-checkpoint]
     vision-pipe predict MODEL.onnx|MODEL.pt INPUT... [--out DIR]   (ONNX Runtime, no torch; TorchScript, no Lightning)
+    vision-pipe similar CKPT --index FOLDER --query IMAGE... [-k 8] [--metric euclidean|cosine] [--out DIR]
     vision-pipe export CKPT [--format onnx|torchscript] [--out DIR] [--opset N] [--dynamic-batch]
                        [--input-size H W] [--probabilities] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
@@ -120,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to predict: auto (default: the GPU when there is one), cpu, cuda, cuda:N or mps; "
         "on a GPU under the pipeline's trainer.precision (checkpoints only, not model.onnx)",
     )
+    _add_checkpoint_plugins(p)
+    _add_trust(p)
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser(
+        "similar",
+        help="find the images of a folder most similar to query images",
+        description="Embed the images of --index FOLDER with a checkpoint's backbone (its last map, pooled; "
+        "kept in FOLDER/.vision_pipe_index/, rebuilt when the folder changes) and print each query's k nearest; "
+        "writes a contact sheet PNG per query and similar.json to --out.",
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="a vision-pipe checkpoint (.ckpt)")
+    p.add_argument("--index", required=True, metavar="FOLDER", help="the folder of images to search (recursively)")
+    p.add_argument("--query", required=True, nargs="+", metavar="IMAGE", help="query image file(s)")
+    p.add_argument("-k", type=int, default=8, help="neighbours per query (default: 8)")
+    p.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean", help="default: euclidean")
+    p.add_argument("--index-dir", metavar="DIR", help="where the index is kept (default: FOLDER/.vision_pipe_index)")
+    p.add_argument("--out", default="similar", metavar="DIR", help="output folder (default: similar)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, metavar="N", help="images per forward (default: data.batch_size)")
     _add_checkpoint_plugins(p)
     _add_trust(p)
     _add_common(p, overrides=False)
@@ -311,6 +332,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _predict(args, Pipeline)
     if command == "export":
         return _export(args, Pipeline)
+    if command == "similar":
+        return _similar(args, Pipeline)
 
     trust = args.trust_checkpoint
     pipe = Pipeline.from_yaml(args.pipeline, args.overrides, manager=_manager(args), trust=trust)
@@ -412,6 +435,31 @@ def _predict(args: argparse.Namespace, Pipeline: Any) -> int:
         print(_describe(pred))
     extra = ", detections_coco.json" if predictions and "boxes" in predictions[0].to_dict() else ""
     print(f"\nwrote predictions.json{extra} and {len(predictions)} annotated image(s) to {args.out}/")
+    return 0
+
+
+def _similar(args: argparse.Namespace, Pipeline: Any) -> int:
+    from vision_pipe.similar import find_similar
+
+    pipe = Pipeline.load(args.ckpt, manager=_manager(args), trust=args.trust_checkpoint, plugins=args.plugin)
+    queries = _expand_inputs(args.query)
+    index, results = find_similar(
+        pipe,
+        args.index,
+        queries,
+        k=args.k,
+        metric=args.metric,
+        index_dir=args.index_dir,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(f"index: {len(index.files)} image(s) of {index.root}, {index.status} ({index.embedded} embedded)")
+    for result in results:
+        print(f"\n{result.query}")
+        for rank, (path, distance) in enumerate(zip(result.neighbours, result.distances, strict=True), 1):
+            print(f"  {rank:>2}. {distance:10.4f}  {path}")
+    print(f"\nwrote similar.json and {len(results)} contact sheet(s) to {args.out}/")
     return 0
 
 
