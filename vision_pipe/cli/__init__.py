@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vision_pipe.distributed import is_secondary_process
+    from vision_pipe.ranks import is_secondary_process  # torch-free: predict model.onnx imports no torch
 
     if is_secondary_process():
         # the other processes of a multi-process (DDP) run: rank 0 alone reports
