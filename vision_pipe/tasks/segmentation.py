@@ -22,7 +22,7 @@ from vision_pipe.drawing import class_palette, upscale
 from vision_pipe.io import write_png
 from vision_pipe.results import Prediction, SegmentationPrediction
 from vision_pipe.samples import IGNORE_INDEX, check_mask
-from vision_pipe.tasks.base import Task
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -35,6 +35,9 @@ class SegmentationTask(Task):
     name = "segmentation"
     prediction_type = SegmentationPrediction
     target_keys = ("mask",)
+    main_metrics = ("miou",)
+    per_class_metrics = ("iou",)
+    report_plots = ("iou_per_class.png",)
 
     # -- samples ---------------------------------------------------------------
 
@@ -145,6 +148,19 @@ class SegmentationTask(Task):
 
     def describe(self, prediction: Prediction) -> str:
         return f"{prediction.id}: {prediction.to_dict()['pixels_per_class']}"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """The image's mean IoU over the classes in its mask or the prediction (ignored pixels left out)."""
+        prediction = cast(SegmentationPrediction, prediction)
+        true = np.asarray(sample["mask"]).astype(np.int64)
+        found = prediction.mask
+        counted = true != IGNORE_INDEX
+        ious = []
+        for c in np.union1d(np.unique(true[counted]), np.unique(found[counted])):
+            t, f = (true == c) & counted, (found == c) & counted
+            ious.append(float((t & f).sum()) / float((t | f).sum()))
+        score = float(np.mean(ious)) if ious else 1.0
+        return Graded(score, f"image IoU {score:.2f}", prediction)
 
 
 def compact_mask(mask: np.ndarray) -> np.ndarray:
