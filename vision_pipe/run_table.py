@@ -98,7 +98,12 @@ def load_run(run_dir: str | Path, root: str | Path | None = None) -> RunSummary:
     path = Path(run_dir)
     if not is_run_dir(path):
         raise VisionPipeError(f"{path}: not a run folder (it should hold config.yaml and metrics.json)")
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise VisionPipeError(f"{path / 'config.yaml'}: cannot read the run's config: {exc}") from None
+    if not isinstance(config, dict):
+        raise VisionPipeError(f"{path / 'config.yaml'}: not a pipeline config (a mapping)")
     metrics = read_json_object(path / "metrics.json")
     status = read_json_object(path / "run.json")
     task = str(config.get("task", "?"))
@@ -173,7 +178,8 @@ def format_runs(runs: Sequence[RunSummary]) -> str:
             run.status,
             format_duration(run.seconds),
             f"{run.monitor} {_value(run.best_val)}" if run.best_val is not None else "-",
-            " ".join(f"{k.removeprefix('test/')}={_value(v)}" for k, v in run.test.items()) or "-",
+            " ".join(f"{k.removeprefix('test/')}={_value(math.nan if v is None else v)}" for k, v in run.test.items())
+            or "-",
             describe_differences(run, SHOWN_DIFFERENCES) or "-",
         ]
         for run in runs

@@ -5,7 +5,7 @@ makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
 checkpoint belongs to, and :func:`discard_run_dir` removes a new one whose
 run stopped before its first training step; :func:`record_preflight` writes ``preflight.json``; and
 :class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
-strict JSON), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs) and the normalizer's
+strict JSON), ``run.json`` (the fit's status, start, end and duration: :func:`record_run_status`), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs) and the normalizer's
 artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
 a run fails half-way, so the finished epochs keep their metrics and curves.
 Every file is written atomically.
