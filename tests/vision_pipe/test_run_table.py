@@ -145,3 +145,11 @@ def test_flatten_and_differences_and_durations():
     }
     assert [format_duration(s) for s in (None, 4.4, 65, 7620)] == ["-", "4 s", "1 min 05 s", "2 h 07 min"]
     assert config_differences([]) == []
+
+
+def test_a_run_whose_config_cannot_be_read_is_named(three_runs, capsys):
+    root, (a, _, _) = three_runs
+    (a / "config.yaml").write_text("name: [unclosed\n")
+    assert main(["runs", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {a / 'config.yaml'}: cannot read the run's config")
