@@ -70,8 +70,9 @@ def check_report(run_dir: Path, task: str) -> Page:
     alts = [alt for _, alt in page.images]
     test_size = json.loads((run_dir / "splits.json").read_text())["sizes"]["test"]
     grid = min(EXAMPLES, test_size) + min(EXAMPLES, max(0, test_size - EXAMPLES))
-    assert alts[:2] == ["training curves", *get_task(task).report_plots]
-    assert len(alts) == 2 + grid
+    plots = get_task(task).report_plots
+    assert alts[: 1 + len(plots)] == ["training curves", *plots]
+    assert len(alts) == 1 + len(plots) + grid
     metrics = json.loads((run_dir / "metrics.json").read_text())
     per_class = {k for k in metrics if k.count("/") == 2 and k.split("/")[1] in get_task(task).per_class_metrics}
     shown = {k for k in metrics if k.count("/") == 1} | {k for k in per_class if k.startswith("test/")}

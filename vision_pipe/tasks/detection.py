@@ -6,7 +6,7 @@ and their per-image tensors, the metrics (COCO mAP through torchmetrics'
 ``MeanAveragePrecision``, ``difficult`` objects ignored as VOC does, synced across
 processes once per evaluation) with their
 summary (``map``, ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>``,
-``ap_50/<class>``) and pictures (``ap_per_class.csv``, ``precision_recall.png``),
+``ap_50/<class>``) and pictures (``ap_per_class.csv`` / ``.png``, ``precision_recall.png``),
 drawing a :class:`~vision_pipe.results.DetectionPrediction` and the run's
 ``detections_coco.json``.
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cv2
 import numpy as np
 
-from vision_pipe.drawing import class_palette, upscale
+from vision_pipe.drawing import class_palette, upscale, write_class_bars
 from vision_pipe.io import atomic_write_text
 from vision_pipe.results import DetectionPrediction, Prediction
 from vision_pipe.samples import IGNORE_INDEX, box_iou, check_boxes, pack_targets
@@ -59,7 +59,7 @@ class DetectionTask(Task):
     target_keys = ("boxes", "labels", "difficult")
     main_metrics = ("map_50", "map")
     per_class_metrics = ("ap_50", "ap")
-    report_plots = ("precision_recall.png",)
+    report_plots = ("ap_per_class.png", "precision_recall.png")
 
     # -- samples ---------------------------------------------------------------
 
@@ -161,7 +161,8 @@ class DetectionTask(Task):
     ) -> dict[str, float]:
         """``map`` (COCO mAP@[.5:.95]), ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>`` and
         ``ap_50/<class>`` (NaN for a class without ground truth in the split). With ``plots_dir``,
-        writes ``ap_per_class.csv`` and ``precision_recall.png`` (per class, at IoU 0.5)."""
+        writes ``ap_per_class.csv``, ``ap_per_class.png`` (a bar per class, the mean as a dashed line) and
+        ``precision_recall.png`` (per class), all at IoU 0.5."""
         out = {key: _nan_if_missing(float(computed[key])) for key in ("map", "map_50", "map_75", "mar_100")}
         ap, ap50 = per_class_ap(computed, len(class_names))
         for name, a, a50 in zip(class_names, ap, ap50, strict=True):
@@ -170,6 +171,9 @@ class DetectionTask(Task):
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
             write_ap_csv(class_names, ap, ap50, plots_dir / "ap_per_class.csv")
+            write_class_bars(
+                np.array(ap50), class_names, out["map_50"], plots_dir / "ap_per_class.png", metric="AP@0.5"
+            )
             write_pr_png(computed, class_names, ap50, plots_dir / "precision_recall.png")
         return out
 
