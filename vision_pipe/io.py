@@ -15,13 +15,15 @@ built-in ones do:
   the bytes a fingerprint hashes (any file name, UTF-8 or not);
 - :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save` — a
   reader (or a later run) never sees a half-written file;
-- :func:`write_png` — an image or a class-id mask as a PNG, atomically;
+- :func:`write_png` / :func:`encode_png` — an image or a class-id mask as a PNG (atomically) or PNG bytes;
+- :func:`read_json_object` — a JSON object file, `{}` when missing or broken;
 - :data:`SPLITS`, :data:`IMAGE_EXTENSIONS`, :data:`IMAGE_EXTENSION_LIST`.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import warnings
@@ -352,12 +354,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_png(path: Path, array: np.ndarray) -> Path:
-    """Write ``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as a PNG, atomically; return ``path``."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is missing, unreadable or holds no object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def encode_png(array: np.ndarray, what: str = "an image") -> bytes:
+    """``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as PNG bytes; ``what`` names it in the error."""
     ok, data = cv2.imencode(".png", array)
     if not ok:
-        raise DataError(f"could not encode {path} as PNG (array {array.dtype} {array.shape})")
-    atomic_write_bytes(path, data.tobytes())
+        raise DataError(f"could not encode {what} as PNG (array {array.dtype} {array.shape})")
+    return bytes(data.tobytes())
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write ``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as a PNG, atomically; return ``path``."""
+    atomic_write_bytes(path, encode_png(array, str(path)))
     return path
 
 
@@ -378,6 +394,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_image_pixels",
+    "encode_png",
     "file_stamp",
     "fs_key",
     "image_header_size",
@@ -386,6 +403,7 @@ __all__ = [
     "list_images",
     "max_image_pixels",
     "read_image",
+    "read_json_object",
     "require_dir",
     "require_file",
     "resolve_inside",

@@ -9,6 +9,9 @@
     vision-pipe export CKPT [--format onnx|torchscript] [--out DIR] [--opset N] [--dynamic-batch]
                        [--input-size H W] [--probabilities] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
+    vision-pipe runs [DIR] [--json]
+    vision-pipe compare RUN RUN... [--out compare.png]
+    vision-pipe report RUN [--no-predictions] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
     vision-pipe backbones [PATTERN] [--pretrained]
@@ -39,7 +42,7 @@ from vision_pipe.cli._common import EXIT_USAGE
 from vision_pipe.errors import VisionPipeError
 
 #: The command modules, in the order their commands are listed by ``vision-pipe --help``.
-COMMAND_MODULES = ("train", "predict", "similar", "export", "listing")
+COMMAND_MODULES = ("train", "runs", "predict", "similar", "export", "listing")
 
 __all__ = ["COMMAND_MODULES", "EXIT_USAGE", "build_parser", "main", "parse_args"]
 

@@ -16,6 +16,7 @@ The base class itself is the "images only" task used at prediction time
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,6 +50,9 @@ class Task:
     Predictions: :attr:`prediction_type`, :meth:`draw`, :meth:`write_prediction`
     (files of one prediction), :meth:`write_predictions` (files of all of them),
     :meth:`describe` (one line for the CLI).
+
+    Runs and their reports (:mod:`vision_pipe.run_table`, :mod:`vision_pipe.report`): :attr:`main_metrics`,
+    :attr:`per_class_metrics`, :attr:`report_plots`, :meth:`grade` (a test prediction against its sample).
     """
 
     #: The task's name, as in a pipeline's ``task:``.
@@ -57,6 +61,12 @@ class Task:
     prediction_type: ClassVar[type[Prediction]] = Prediction
     #: The keys of a sample's (and a batch's) targets; the first one tells the task of a collated item.
     target_keys: ClassVar[tuple[str, ...]] = ()
+    #: The summary's main metrics (``vision-pipe runs`` shows ``test/<name>``; the first one is drawn by ``compare``).
+    main_metrics: ClassVar[tuple[str, ...]] = ()
+    #: The summary's per-class metrics (``<name>/<class>`` keys): the columns of a report's per-class table.
+    per_class_metrics: ClassVar[tuple[str, ...]] = ()
+    #: The pictures :meth:`summarize` writes that a report shows (file names in the plots folder).
+    report_plots: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"<task {self.name!r}>"
@@ -148,6 +158,21 @@ class Task:
     def describe(self, prediction: Prediction) -> str:
         """One line about ``prediction`` (``vision-pipe predict`` prints it)."""
         return prediction.id
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """How good ``prediction`` is for ``sample`` (its targets, in original-image coordinates): what a report's
+        grid of best and worst test predictions sorts by, captions and draws."""
+        raise NotImplementedError(f"task {self.name!r} has no targets to grade predictions against")
+
+
+@dataclass
+class Graded:
+    """A prediction graded against its sample: ``score`` (higher is better; comparable within a task),
+    ``caption`` (one line: what was expected and found) and ``shown``, the prediction to draw."""
+
+    score: float
+    caption: str
+    shown: Prediction
 
 
 #: Samples with images only: what :meth:`vision_pipe.Pipeline.predict` transforms and collates.

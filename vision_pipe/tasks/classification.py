@@ -21,7 +21,7 @@ import numpy as np
 from vision_pipe.drawing import upscale
 from vision_pipe.results import ClassificationPrediction, Prediction
 from vision_pipe.samples import IGNORE_INDEX, check_label
-from vision_pipe.tasks.base import Task
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -37,6 +37,9 @@ class ClassificationTask(Task):
     name = "classification"
     prediction_type = ClassificationPrediction
     target_keys = ("label",)
+    main_metrics = ("acc",)
+    per_class_metrics = ("acc",)
+    report_plots = ("confusion_matrix.png",)
 
     # -- samples ---------------------------------------------------------------
 
@@ -127,6 +130,16 @@ class ClassificationTask(Task):
     def describe(self, prediction: Prediction) -> str:
         prediction = cast(ClassificationPrediction, prediction)
         return f"{prediction.id}: {prediction.class_name} ({prediction.score:.3f})"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """Right: the predicted class's probability; wrong (a misclassified image): minus it, so the surest
+        mistakes are the worst."""
+        prediction = cast(ClassificationPrediction, prediction)
+        true = int(sample["label"])
+        right = prediction.label == true
+        name = class_names[true] if 0 <= true < len(class_names) else str(true)
+        caption = f"true {name}, predicted {prediction.class_name} ({prediction.score:.2f})"
+        return Graded(prediction.score if right else -prediction.score, caption, prediction)
 
 
 def write_confusion_csv(confmat: np.ndarray, class_names: Sequence[str], path: Path) -> None:
