@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from vision_pipe import Backbone, FeatureInfo, Features, Pipeline, hookimpl, stage
 from vision_pipe.cli import main
-from vision_pipe.errors import StageError
+from vision_pipe.errors import ConfigError, StageError
 from vision_pipe.inspect import (
     FILTER_TILE,
     GAP,
@@ -248,3 +248,33 @@ def test_cli_input_errors(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
     assert not (out / "inspect.json").exists()
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_inspect_other_tasks(task: str, tiny_config: dict[str, Any], tmp_path: Path) -> None:
+    """Segmentation explains a class by its predicted pixels; detection gets filters and maps and a note."""
+    tiny_config["task"] = task
+    tiny_config["data"]["loader"].update(num_images=12)
+    tiny_config["model"]["head"] = (
+        {"name": "fcn", "upsample": "bilinear", "skips": "none"}
+        if task == "segmentation"
+        else {"name": "ssd", "extra_channels": 8}
+    )
+    pipe = Pipeline.from_dict(tiny_config)
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    report = inspect_model(pipe, [image, image], out=tmp_path / "out", device="cpu")
+    shows = [r["shows"] for r in report.files]
+    maps = ["feature_map", "feature_map"]  # stage1, stage2
+    if task == "segmentation":
+        assert shows == ["filters", *maps, "saliency", *maps, "saliency"] and report.notes == []
+        assert report.files[3]["predicted"] in pipe.class_names
+        assert [r["file"] for r in report.files][4:] == [
+            "array_1_stage1.png",
+            "array_1_stage2.png",
+            "array_1_gradcam.png",
+        ]
+    else:
+        assert shows == ["filters", *maps, *maps]
+        assert report.notes == ["no saliency: Grad-CAM is for classification and segmentation, not detection"]
+        with pytest.raises(ConfigError, match="saliency is for classification and segmentation, not detection"):
+            inspect_model(pipe, [image], out=tmp_path / "out2", class_name="circle")
