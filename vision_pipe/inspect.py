@@ -263,47 +263,66 @@ def inspect_model(
     module.to(where)
     size = pipe.config.data.input_size
     used: set[str] = set()
-    for chunk, batch in input_batches(
-        list(images), (int(size[0]), int(size[1])), batch_size or pipe.config.data.batch_size
-    ):
-        pixels = batch["image"].to(where)
-        module.eval()
-        with torch.inference_mode():
-            maps = module.backbone(normalize_images(pixels, module.normalizer, module.channels_last)).maps
-        cams = grad_cam(module, pixels, class_index) if draw_saliency else None
-        for i, sample in enumerate(chunk):
-            image_id = str(sample["id"])
-            stem = unique_stem(_stem(image_id), used)
-            for info in module.backbone.feature_info:
-                shown = min(channels, info.channels)
-                png = write_png(out_dir / f"{stem}_{info.name}.png", feature_map_grid(maps[info.name][i], shown))
-                report.files.append(
-                    {
-                        "file": png.name,
-                        "shows": "feature_map",
-                        "image": image_id,
-                        "layer": info.name,
-                        "channels": list(range(shown)),
-                        "of": info.channels,
-                        "stride": info.stride,
-                    }
-                )
-            if cams is not None:
-                overlay = overlay_heat(sample["image"], cams.maps[i])
-                png = write_png(out_dir / f"{stem}_gradcam.png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-                report.files.append(
-                    {
-                        "file": png.name,
-                        "shows": "saliency",
-                        "image": image_id,
-                        "layer": module.backbone.feature_info[-1].name,
-                        "class": names[cams.classes[i]],
-                        "score": cams.scores[i],
-                        "predicted": names[cams.predicted[i]],
-                    }
-                )
+    was_training = module.training
+    module.eval()
+    try:
+        for chunk, batch in input_batches(
+            list(images), (int(size[0]), int(size[1])), batch_size or pipe.config.data.batch_size
+        ):
+            pixels = batch["image"].to(where)
+            with torch.inference_mode():
+                maps = module.backbone(normalize_images(pixels, module.normalizer, module.channels_last)).maps
+            cams = grad_cam(module, pixels, class_index) if draw_saliency else None
+            for i, sample in enumerate(chunk):
+                image_id = str(sample["id"])
+                stem = out_dir / unique_stem(_stem(image_id), used)
+                fmaps = {info.name: maps[info.name][i] for info in module.backbone.feature_info}
+                report.files += _feature_map_pngs(stem, image_id, fmaps, module.backbone.feature_info, channels)
+                if cams is not None:
+                    report.files.append(_saliency_png(stem, image_id, sample["image"], cams, i, names, fmaps))
+    finally:
+        module.train(was_training)
     atomic_write_text(out_dir / "inspect.json", json.dumps(report.to_dict(), indent=2))
     return report
+
+
+def _feature_map_pngs(
+    stem: Path, image_id: str, maps: dict[str, Tensor], feature_info: Sequence[Any], channels: int
+) -> list[dict[str, Any]]:
+    """``<stem>_<map>.png`` (:func:`feature_map_grid`) for each of one image's maps (C, h, w); their records."""
+    records = []
+    for info in feature_info:
+        shown = min(channels, info.channels)
+        png = write_png(stem.with_name(f"{stem.name}_{info.name}.png"), feature_map_grid(maps[info.name], shown))
+        records.append(
+            {
+                "file": png.name,
+                "shows": "feature_map",
+                "image": image_id,
+                "layer": info.name,
+                "channels": list(range(shown)),
+                "of": info.channels,
+                "stride": info.stride,
+            }
+        )
+    return records
+
+
+def _saliency_png(
+    stem: Path, image_id: str, image: np.ndarray, cams: Saliency, i: int, names: Sequence[str], maps: dict[str, Tensor]
+) -> dict[str, Any]:
+    """``<stem>_gradcam.png``: image ``i``'s Grad-CAM drawn on ``image`` (:func:`overlay_heat`); its record."""
+    overlay = overlay_heat(image, cams.maps[i])
+    png = write_png(stem.with_name(f"{stem.name}_gradcam.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    return {
+        "file": png.name,
+        "shows": "saliency",
+        "image": image_id,
+        "layer": list(maps)[-1],
+        "class": names[cams.classes[i]],
+        "score": cams.scores[i],
+        "predicted": names[cams.predicted[i]],
+    }
 
 
 def _stem(image_id: str) -> str:
