@@ -68,6 +68,7 @@ from vision_pipe.tasks import TASKS
 
 if TYPE_CHECKING:
     from vision_pipe.checkpoints import load_weights_file
+    from vision_pipe.inspect import inspect_model
     from vision_pipe.pipeline import Pipeline
     from vision_pipe.report import rebuild_report, write_report
     from vision_pipe.run_table import RunSummary, find_runs, load_run, plot_comparison, summarize_runs
@@ -180,6 +181,7 @@ __all__ = [
     "fs_key",
     "hookimpl",
     "image_header_size",
+    "inspect_model",
     "is_image_file",
     "list_files",
     "list_images",
@@ -214,6 +216,10 @@ def __getattr__(name: str) -> Any:
         from vision_pipe.checkpoints import load_weights_file
 
         return load_weights_file
+    if name == "inspect_model":  # runs the model with torch: imported when it is used
+        from vision_pipe.inspect import inspect_model
+
+        return inspect_model
     if name == "find_similar":  # embeds with torch: imported when it is used
         from vision_pipe.similar import find_similar
 

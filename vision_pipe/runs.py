@@ -5,7 +5,8 @@ makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
 checkpoint belongs to, and :func:`discard_run_dir` removes a new one whose
 run stopped before its first training step; :func:`record_preflight` writes ``preflight.json``; and
 :class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
-strict JSON), ``run.json`` (the fit's status, start, end and duration: :func:`record_run_status`), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs) and the normalizer's
+strict JSON), ``run.json`` (the fit's status, start, end and duration: :func:`record_run_status`), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs),
+``plots/filters.png`` (the first convolution's filters, :mod:`vision_pipe.inspect`) and the normalizer's
 artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
 a run fails half-way, so the finished epochs keep their metrics and curves.
 Every file is written atomically.
@@ -13,6 +14,7 @@ Every file is written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,6 +30,8 @@ import yaml
 from vision_pipe.config import PipelineConfig
 from vision_pipe.data import SubsetSource
 from vision_pipe.distributed import check_shared_run_dir, is_secondary_process, private_run_dir
+from vision_pipe.errors import StageError
+from vision_pipe.inspect import save_filter_grid
 from vision_pipe.io import atomic_write_bytes, atomic_write_text, read_json_object
 from vision_pipe.preflight import PreflightReport
 from vision_pipe.stages import Normalizer, SampleSource
@@ -129,7 +133,8 @@ class RunArtifacts(pl.Callback):
 
     - end of a fit, or a fit that fails: the last logged metrics (and
       ``fit/epochs``) merged into ``metrics.json``, ``plots/curves.png`` from
-      the CSV logs of every fit of the run, the normalizer's artifacts;
+      the CSV logs of every fit of the run, ``plots/filters.png`` (the first
+      convolution's filters), the normalizer's artifacts;
     - start of a fit whose backbone was loaded from ``model.backbone.weights``: ``weights.json``,
       what the loading did (:class:`vision_pipe.finetune.WeightsReport`);
     - end of a test: the test metrics (the head's summary and the logged
@@ -152,7 +157,7 @@ class RunArtifacts(pl.Callback):
             atomic_write_text(self.run_dir / "weights.json", json.dumps(report.as_dict(), indent=2))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write_fit(trainer)
+        self._write_fit(trainer, pl_module)
         if trainer.is_global_zero:
             record_run_status(self.run_dir, "finished")
 
@@ -167,16 +172,20 @@ class RunArtifacts(pl.Callback):
             return
         for logger in trainer.loggers:
             logger.save()  # the rows of the finished steps, before the curves are drawn from them
-        self._write_fit(trainer)
+        self._write_fit(trainer, pl_module)
         if trainer.is_global_zero:
             record_run_status(self.run_dir, "failed", f"{type(exception).__name__}: {exception}")
 
-    def _write_fit(self, trainer: pl.Trainer) -> None:
+    def _write_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = scalars(trainer.callback_metrics)
         metrics["fit/epochs"] = float(trainer.current_epoch)
         self.metrics = metrics
         if self.normalizer is not None:
             self.normalizer.save_artifacts(self.run_dir / "plots")
+        backbone = getattr(pl_module, "backbone", None)
+        with contextlib.suppress(StageError):  # a backbone without a convolution on the image: no filters
+            if isinstance(backbone, torch.nn.Module):
+                save_filter_grid(backbone, self.run_dir / "plots" / "filters.png")
         plot_curves(fit_logs(self.run_dir), self.run_dir / "plots" / "curves.png")
         update_metrics_file(
             self.run_dir / "metrics.json", {k: v for k, v in metrics.items() if not k.startswith("test/")}

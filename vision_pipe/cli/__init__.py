@@ -6,6 +6,7 @@
                         [--trust-checkpoint]
     vision-pipe predict MODEL.onnx|MODEL.pt INPUT... [--out DIR]   (ONNX Runtime, no torch; TorchScript, no Lightning)
     vision-pipe similar CKPT --index FOLDER --query IMAGE... [-k 8] [--metric euclidean|cosine] [--out DIR]
+    vision-pipe inspect CKPT [IMAGE...] [--out DIR] [--channels N] [--class NAME] [--no-saliency] [--device DEVICE]
     vision-pipe export CKPT [--format onnx|torchscript] [--out DIR] [--opset N] [--dynamic-batch]
                        [--input-size H W] [--probabilities] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
@@ -42,7 +43,7 @@ from vision_pipe.cli._common import EXIT_USAGE
 from vision_pipe.errors import VisionPipeError
 
 #: The command modules, in the order their commands are listed by ``vision-pipe --help``.
-COMMAND_MODULES = ("train", "runs", "predict", "similar", "export", "listing")
+COMMAND_MODULES = ("train", "runs", "predict", "similar", "inspect", "export", "listing")
 
 __all__ = ["COMMAND_MODULES", "EXIT_USAGE", "build_parser", "main", "parse_args"]
 

@@ -59,6 +59,8 @@ class Task:
     name: ClassVar[str] = "images"
     #: The class of the predictions a head of this task decodes.
     prediction_type: ClassVar[type[Prediction]] = Prediction
+    #: Whether :meth:`class_scores` gives one score per class and image (what class saliency maps need).
+    has_class_scores: ClassVar[bool] = False
     #: The keys of a sample's (and a batch's) targets; the first one tells the task of a collated item.
     target_keys: ClassVar[tuple[str, ...]] = ()
     #: The summary's main metrics (``vision-pipe runs`` shows ``test/<name>``; the first one is drawn by ``compare``).
@@ -137,6 +139,14 @@ class Task:
         """The default of :meth:`vision_pipe.stages.Head.export_outputs` for this task's heads (tensor operations
         only: it is traced into the exported graph); ``NotImplementedError`` where the task has none."""
         raise NotImplementedError(f"the {self.name} task has no default export-time decoding")
+
+    # -- saliency ----------------------------------------------------------------
+
+    def class_scores(self, outputs: Any) -> Tensor | None:
+        """(B, num_classes) differentiable per-class scores of a batch from a head's evaluation-form ``outputs``:
+        what a class saliency map (Grad-CAM, :mod:`vision_pipe.inspect`) takes the gradient of; ``None`` where
+        the task has no single score per class and image (:attr:`has_class_scores` false)."""
+        return None
 
     # -- predictions -------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class ClassificationTask(Task):
 
     name = "classification"
     prediction_type = ClassificationPrediction
+    has_class_scores = True
     target_keys = ("label",)
     main_metrics = ("acc",)
     per_class_metrics = ("acc",)
@@ -115,6 +116,10 @@ class ClassificationTask(Task):
         import torch
 
         return {"probabilities": torch.softmax(outputs.float(), dim=1)}
+
+    def class_scores(self, outputs: Any) -> Tensor:
+        """Logits (B, C) → the logits themselves (Grad-CAM's class score)."""
+        return outputs.float()
 
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None

@@ -34,6 +34,7 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     prediction_type = SegmentationPrediction
+    has_class_scores = True
     target_keys = ("mask",)
     main_metrics = ("miou",)
     per_class_metrics = ("iou",)
@@ -128,6 +129,16 @@ class SegmentationTask(Task):
     def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
         """Logits (B, C, H, W) → ``{"class_ids": (B, H, W) int64}``."""
         return {"class_ids": outputs.argmax(dim=1)}
+
+    def class_scores(self, outputs: Any) -> Tensor:
+        """Logits (B, C, H, W) → (B, C): each class's logit summed over the pixels predicted as that class,
+        divided by the image's pixel count (0 for a class predicted nowhere); the Grad-CAM score of a class."""
+        import torch
+
+        logits = outputs.float()
+        classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+        predicted = (logits.argmax(dim=1, keepdim=True) == classes).to(logits.dtype)  # (B, C, H, W)
+        return (logits * predicted).mean(dim=(2, 3))
 
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None
