@@ -245,6 +245,12 @@ def fs_key(path: str | Path) -> bytes:
     return os.fsencode(path)
 
 
+def path_key(path: str | os.PathLike[str]) -> str:
+    """``path`` absolute with symlinks resolved: how the same image file given two ways is recognised
+    (e.g. a dataset's image ids looked up by the path given to ``predict``)."""
+    return str(Path(path).resolve())
+
+
 # ----------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------
@@ -327,6 +333,7 @@ __all__ = [
     "list_files",
     "list_images",
     "max_image_pixels",
+    "path_key",
     "read_image",
     "require_dir",
     "require_file",

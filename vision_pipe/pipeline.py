@@ -124,6 +124,8 @@ class Pipeline:
         self.stages: dict[str, Any] = built.stages
         self.class_names: list[str] = built.class_names
         self.class_colors = built.class_colors
+        #: the dataset's category ids (label → id) and image ids (path → id) written in COCO results
+        self.coco_ids = built.ids
         self.splits: dict[str, SampleSource] = built.splits
         self.module = built.module
         self.datamodule: PipelineDataModule | None = built.datamodule
@@ -185,7 +187,7 @@ class Pipeline:
         """
         ckpt = read_checkpoint(checkpoint, trust=trust)
         info = ckpt["vision_pipe"]
-        classes = CheckpointClasses(info["class_names"], info.get("class_colors"))
+        classes = CheckpointClasses(info["class_names"], info.get("class_colors"), info.get("category_ids"))
         config = copy.deepcopy(info["config"])
         named = list(plugins)
         recorded = [m for m in config.get("plugins") or [] if isinstance(m, str)]
@@ -335,8 +337,15 @@ class Pipeline:
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
         return metrics
 
-    def _evaluate(self, action: str, ckpt: str | Path | None, trust: bool) -> tuple[pl.Trainer, RunArtifacts]:
+    def _evaluate(
+        self, action: str, ckpt: str | Path | None, trust: bool, *, save_json: bool = False
+    ) -> tuple[pl.Trainer, RunArtifacts]:
         dm = self._require_data(action)
+        if save_json and self.config.task != "detection":
+            raise VisionPipeError(
+                f"save_json (--save-json) writes detections in the COCO results format; pipeline "
+                f"'{self.config.name}' solves {self.config.task}"
+            )
         pl.seed_everything(self.config.seed, workers=True, verbose=False)
         ckpt = ckpt if ckpt is not None else self.best_checkpoint
         if ckpt is None and not (self.trainer is not None and self.trainer.global_step > 0):
@@ -347,8 +356,9 @@ class Pipeline:
             read_checkpoint(ckpt, trust=trust)  # our message, before Lightning unpickles it
         with self._new_run(ckpt):
             run_dir = self._prepare(ckpt, record=False)
-            artifacts = RunArtifacts(run_dir)
+            artifacts = RunArtifacts(run_dir, test_results=self.coco_ids if save_json else None)
             trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
+            self.module.record_test_predictions = save_json
             self.trainer = trainer
             if action == "test":
                 self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
@@ -364,14 +374,17 @@ class Pipeline:
         return {k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("val/")}
 
     @_action("test")
-    def test(self, ckpt: str | Path | None = None, *, trust: bool = False) -> dict[str, float]:
+    def test(self, ckpt: str | Path | None = None, *, trust: bool = False, save_json: bool = False) -> dict[str, float]:
         """Evaluate on the test split (best checkpoint of the last fit by default); ``ckpt`` is read
         as weights only unless ``trust`` (files you trust only).
 
         Returns flat metrics (``test/acc``, ``test/acc_top5``, ...), also merged
-        into the run's ``metrics.json``; plots go to ``plots/test/``.
+        into the run's ``metrics.json``; plots go to ``plots/test/``. ``save_json`` (detection):
+        also write every detection of the test split to the run's ``detections_test_coco.json``
+        (COCO results format with the dataset's image and category ids; see
+        :mod:`vision_pipe.tasks.coco_results`), for pycocotools' ``COCO.loadRes``.
         """
-        _, artifacts = self._evaluate("test", ckpt, trust)
+        _, artifacts = self._evaluate("test", ckpt, trust, save_json=save_json)
         metrics = artifacts.metrics
         self.manager.hook.vision_pipe_after_test(pipeline=self, run_dir=self.run_dir, metrics=metrics)
         return metrics
@@ -413,7 +426,7 @@ class Pipeline:
         if out is not None:
             names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
             images = LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
-            write_predictions(images, results, out, names, self.class_colors)
+            write_predictions(images, results, out, names, self.class_colors, self.coco_ids)
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
