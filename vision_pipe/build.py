@@ -281,6 +281,20 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
     return BuiltPipeline(stages, class_names, class_colors, ids, splits, b.resolved, module, datamodule)
 
 
+def dataset_image_ids(config: PipelineConfig, locs: Locations, registry: Any) -> dict[str, Any]:
+    """The dataset's image ids by :func:`~vision_pipe.io.path_key` of the image, from ``config``'s loader built
+    and loaded again (for a pipeline built from a checkpoint, whose data files may still be there); ``{}``
+    when the loader gives none or its files cannot be read."""
+    b = _Builder(config, locs, registry)
+    ctx = StageContext(task=config.task, seed=config.seed, input_size=config.data.input_size)
+    try:
+        loaded = b.build(("data", "loader"), ctx, Loader, "a vision_pipe.Loader").load(config.task)
+    except VisionPipeError as exc:
+        log.info("the dataset's image ids are not available (%s): COCO results use the inputs' positions", exc)
+        return {}
+    return dict(loaded.image_ids or {})
+
+
 def metric_options(config: PipelineConfig) -> dict[str, Any]:
     """The options of ``config.metrics`` for its task's ``make_metrics``, empty when all are the defaults."""
     if config.task == "detection" and config.metrics.detection != "torchmetrics":

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytorch_lightning as pl
 
-from vision_pipe.build import CheckpointClasses, build_pipeline
+from vision_pipe.build import CheckpointClasses, build_pipeline, dataset_image_ids
 from vision_pipe.cache import cache_dir, fit_normalizer
 from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import PipelineConfig, validate
@@ -47,6 +47,7 @@ from vision_pipe.results import Prediction
 from vision_pipe.resume import check_resume_checkpoint
 from vision_pipe.runs import RunArtifacts, discard_run_dir, open_run_dir, record_preflight, run_dir_of, scalars
 from vision_pipe.stages import SampleSource
+from vision_pipe.tasks.coco_results import CocoIds
 from vision_pipe.trainer import check_trainer, make_trainer, running
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -126,6 +127,7 @@ class Pipeline:
         self.class_colors = built.class_colors
         #: the dataset's category ids (label → id) and image ids (path → id) written in COCO results
         self.coco_ids = built.ids
+        self._dataset_image_ids: dict[str, Any] | None = None  # read by _coco_ids when needed
         self.splits: dict[str, SampleSource] = built.splits
         self.module = built.module
         self.datamodule: PipelineDataModule | None = built.datamodule
@@ -327,7 +329,9 @@ class Pipeline:
             # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
             pl.seed_everything(self.config.seed, workers=True, verbose=False)
             artifacts = RunArtifacts(run_dir, self.stages.get("normalization"))
-            trainer, checkpoint_cb = make_trainer(self.config, run_dir, action="fit", callbacks=[artifacts])
+            trainer, checkpoint_cb = make_trainer(
+                self.config, run_dir, action="fit", callbacks=[artifacts], resolved=self.resolved
+            )
             self.trainer = trainer
             self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
             with running(trainer, dm.num_workers), allowed_globals():
@@ -357,7 +361,9 @@ class Pipeline:
         with self._new_run(ckpt):
             run_dir = self._prepare(ckpt, record=False)
             artifacts = RunArtifacts(run_dir, test_results=self.coco_ids if save_json else None)
-            trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
+            trainer, _ = make_trainer(
+                self.config, run_dir, action=action, callbacks=[artifacts], resolved=self.resolved
+            )
             self.module.record_test_predictions = save_json
             self.trainer = trainer
             if action == "test":
@@ -426,7 +432,7 @@ class Pipeline:
         if out is not None:
             names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
             images = LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
-            write_predictions(images, results, out, names, self.class_colors, self.coco_ids)
+            write_predictions(images, results, out, names, self.class_colors, self._coco_ids())
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
@@ -457,6 +463,16 @@ class Pipeline:
             input_size=input_size,
             probabilities=probabilities,
         )
+
+    def _coco_ids(self) -> CocoIds:
+        """:attr:`coco_ids`; built from a checkpoint with the dataset's category ids (a COCO dataset), the image ids
+        are read from the loader's files, if they are still there (once)."""
+        ids = self.coco_ids
+        if self.config.task == "detection" and ids.category_ids is not None and not ids.image_ids and not self.splits:
+            if self._dataset_image_ids is None:
+                self._dataset_image_ids = dataset_image_ids(self.config, self.locations, self.manager.registry)
+            return CocoIds(ids.category_ids, self._dataset_image_ids)
+        return ids
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,

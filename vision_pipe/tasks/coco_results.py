@@ -12,8 +12,9 @@ Ids written:
   an export's ``model.json`` as ``category_ids``); otherwise the label itself
   (0..C-1).
 - ``image_id``: the dataset's image id when the image is one of the dataset's
-  (its path, resolved, equals the folder + ``file_name`` of an image entry);
-  otherwise the image's position in the inputs (0, 1, ...).
+  (its path, resolved, equals the folder + ``file_name`` of an image entry; a
+  pipeline loaded from a checkpoint reads the annotation files its config names,
+  when they are still there); otherwise the image's position in the inputs (0, 1, ...).
 """
 
 from __future__ import annotations

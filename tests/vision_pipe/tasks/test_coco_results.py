@@ -91,10 +91,19 @@ def test_predict_and_export_carry_the_category_ids(tiny_config: dict, tmp_path: 
 
     loose = tmp_path / "loose.png"
     shutil.copy(images[0], loose)
-    rc = main(["predict", pipe.best_checkpoint, str(loose), images[1], "--out", str(tmp_path / "ckpt")])
+    rc = main(["predict", pipe.best_checkpoint, str(loose), images[0], "--out", str(tmp_path / "ckpt")])
     assert rc == 0
     records = json.loads((tmp_path / "ckpt" / "detections_coco.json").read_text())
     assert {r["category_id"] for r in records} <= {1, 3, 7}  # from the checkpoint
-    assert {r["image_id"] for r in records} == {0, 1}  # from a checkpoint alone: the position (documented)
+    # the loose file: its position; c.png: the dataset's id, read from the annotation file the checkpoint names
+    assert {r["image_id"] for r in records} == {0, 5}
+
+    moved = tmp_path / "moved.ckpt"  # the dataset's files gone: positions, and no failure
+    shutil.copy(pipe.best_checkpoint, moved)
+    gone = Pipeline.load(moved)
+    gone.config.data.loader["annotations"] = str(tmp_path / "gone.json")
+    gone.predict([images[1], images[0]], out=tmp_path / "gone")
+    records = json.loads((tmp_path / "gone" / "detections_coco.json").read_text())
+    assert {r["image_id"] for r in records} == {0, 1}
     assert Pipeline.load(pipe.best_checkpoint).coco_ids.category_ids == [1, 3, 7]
     assert model_info(pipe, ["boxes"], dynamic_batch=False)["category_ids"] == [1, 3, 7]
