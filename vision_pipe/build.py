@@ -34,6 +34,7 @@ from vision_pipe.io import set_max_image_pixels
 from vision_pipe.module import PipelineModule
 from vision_pipe.plugins import RESERVED_KEYS
 from vision_pipe.stages import Backbone, Features, Head, Loader, Normalizer, SampleSource, StageContext
+from vision_pipe.tasks.coco_results import CocoIds
 
 Color = tuple[int, int, int]
 
@@ -46,6 +47,7 @@ class CheckpointClasses:
 
     names: Sequence[str]
     colors: Sequence[Sequence[int]] | None = None
+    category_ids: Sequence[int] | None = None  #: the dataset's id of each class (COCO results)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class BuiltPipeline:
     stages: dict[str, Any]  #: by kind; ``augmentation`` is a list, ``loading`` absent from a checkpoint
     class_names: list[str]
     class_colors: list[Color] | None
+    ids: CocoIds  #: the dataset's category ids (loader or checkpoint) and image ids (loader only)
     splits: dict[str, SampleSource]  #: empty for a pipeline built from a checkpoint
     resolved: dict[str, Any]  #: the config with every stage's defaults filled in (a run's config.yaml)
     module: PipelineModule
@@ -63,6 +66,10 @@ class BuiltPipeline:
 
 def _colors(colors: Sequence[Sequence[int]] | None) -> list[Color] | None:
     return [(int(c[0]), int(c[1]), int(c[2])) for c in colors] if colors else None
+
+
+def _ints(values: Sequence[int] | None) -> list[int] | None:
+    return [int(v) for v in values] if values is not None else None
 
 
 def stage_slots(config: PipelineConfig) -> list[tuple[str, Loc]]:
@@ -177,9 +184,11 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         splits = make_splits(loaded, cfg.data.split, cfg.seed)
         class_names = list(loaded.class_names)
         class_colors = _colors(loaded.class_colors)
+        ids = CocoIds(_ints(loaded.category_ids), dict(loaded.image_ids or {}))
     else:
         class_names = list(from_checkpoint.names)
         class_colors = _colors(from_checkpoint.colors)
+        ids = CocoIds(_ints(from_checkpoint.category_ids))
     ctx = StageContext(task=task, seed=cfg.seed, input_size=cfg.data.input_size, class_names=tuple(class_names))
 
     ctx = replace(ctx, restoring=from_checkpoint is not None)
@@ -235,10 +244,11 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         cfg.optimizer,
         cfg.scheduler,
         class_names,
-        checkpoint_extra={"config": b.resolved, "class_colors": class_colors},
+        checkpoint_extra={"config": b.resolved, "class_colors": class_colors, "category_ids": ids.category_ids},
         channels_last=cfg.model.channels_last,
         compile=cfg.model.compile,
         unfreeze=(unfreeze_at, frozen) if unfreeze_at is not None else None,
+        metric_options=metric_options(cfg),
     )
     module.weights_report = weights_report
     if from_checkpoint is None:  # to be trained: what no output depends on gets no gradient to wait for under DDP
@@ -268,7 +278,28 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
             default_num_workers(local_processes(cfg.trainer)) if workers == "auto" else workers,
             boxes=cfg.data.boxes,
         )
-    return BuiltPipeline(stages, class_names, class_colors, splits, b.resolved, module, datamodule)
+    return BuiltPipeline(stages, class_names, class_colors, ids, splits, b.resolved, module, datamodule)
+
+
+def dataset_image_ids(config: PipelineConfig, locs: Locations, registry: Any) -> dict[str, Any]:
+    """The dataset's image ids by :func:`~vision_pipe.io.path_key` of the image, from ``config``'s loader built
+    and loaded again (for a pipeline built from a checkpoint, whose data files may still be there); ``{}``
+    when the loader gives none or its files cannot be read."""
+    b = _Builder(config, locs, registry)
+    ctx = StageContext(task=config.task, seed=config.seed, input_size=config.data.input_size)
+    try:
+        loaded = b.build(("data", "loader"), ctx, Loader, "a vision_pipe.Loader").load(config.task)
+    except VisionPipeError as exc:
+        log.info("the dataset's image ids are not available (%s): COCO results use the inputs' positions", exc)
+        return {}
+    return dict(loaded.image_ids or {})
+
+
+def metric_options(config: PipelineConfig) -> dict[str, Any]:
+    """The options of ``config.metrics`` for its task's ``make_metrics``, empty when all are the defaults."""
+    if config.task == "detection" and config.metrics.detection != "torchmetrics":
+        return {"backend": config.metrics.detection}
+    return {}
 
 
 def normalization_warning(

@@ -228,6 +228,39 @@ class GuardConfig(_Strict):
     on_nonfinite: Literal["stop", "skip_batch"] = "stop"
 
 
+class MetricsConfig(_Strict):
+    """How evaluation metrics are computed.
+
+    ``detection``: ``torchmetrics`` (default: torchmetrics' ``MeanAveragePrecision``)
+    or ``pycocotools`` (the reference ``COCOeval`` run by vision-pipe on the
+    split's ground truth and detections converted to COCO format in memory; see
+    :mod:`vision_pipe.tasks.coco_eval`). Both give the same keys (``map``, ``map_50`` ...).
+    """
+
+    detection: Literal["torchmetrics", "pycocotools"] = "torchmetrics"
+
+
+#: The experiment trackers ``loggers:`` may name (see :mod:`vision_pipe.loggers`).
+LOGGER_NAMES = ("csv", "tensorboard", "mlflow", "wandb")
+
+
+def _check_logger_entry(value: Any) -> Any:
+    """``name`` or ``{name: ..., <option>: ...}`` → ``{name: ..., ...}``; unknown names get a did-you-mean."""
+    entry = {"name": value} if isinstance(value, str) else value
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ValueError("a logger entry is a name (csv, tensorboard, mlflow, wandb) or a mapping with a 'name' key")
+    if entry["name"] not in LOGGER_NAMES:
+        raise ValueError(
+            f"unknown logger {entry['name']!r}.{did_you_mean(entry['name'], LOGGER_NAMES)} "
+            f"Available: {', '.join(LOGGER_NAMES)}"
+        )
+    return entry
+
+
+LoggerSpec = Annotated[dict[str, Any], pydantic.BeforeValidator(_check_logger_entry)]
+"""A logger entry: ``{name: csv|tensorboard|mlflow|wandb, <option>: <value>, ...}`` (or just the name)."""
+
+
 class PipelineConfig(_Strict):
     """One pipeline: its stages, optimization, and Lightning trainer settings."""
 
@@ -242,6 +275,11 @@ class PipelineConfig(_Strict):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    loggers: list[LoggerSpec] = Field(
+        default_factory=lambda: [{"name": "csv"}, {"name": "tensorboard"}],
+        description="experiment trackers (csv is always on: the run's curves are read from it)",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of lightning Trainer")
     output_dir: str = "runs"
 

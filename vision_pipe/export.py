@@ -16,7 +16,7 @@ and ``torchscript`` (:func:`export_torchscript`: ``torch.jit.trace``, checked
 against the eager model on the example batch and, with a dynamic batch, on a
 batch of another size).
 Beside it, ``model.json`` (:func:`model_info`) says what the model is: its file
-and format, task, class names and colours, input size and layout, output names,
+and format, task, class names and colours (and the dataset's category ids), input size and layout, output names,
 the normalization, the vision-pipe version and the resolved pipeline config. The
 readers of both are :mod:`vision_pipe.exported_predict` and its runtimes
 (:mod:`vision_pipe.onnx_predict`, torch-free; :mod:`vision_pipe.torchscript_predict`).
@@ -369,6 +369,7 @@ def model_info(
         "task": pipe.config.task,
         "class_names": list(pipe.class_names),
         "class_colors": [list(c) for c in pipe.class_colors] if pipe.class_colors else None,
+        "category_ids": list(pipe.coco_ids.category_ids) if pipe.coco_ids.category_ids is not None else None,
         "input": {
             "name": INPUT_NAME,
             "size": [int(height), int(width)],

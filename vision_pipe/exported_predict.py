@@ -31,6 +31,7 @@ import numpy as np
 from vision_pipe.errors import DataError, VisionPipeError
 from vision_pipe.io import read_image
 from vision_pipe.results import ClassificationPrediction, DetectionPrediction, Prediction, SegmentationPrediction
+from vision_pipe.tasks.coco_results import CocoIds
 
 #: The ``model.json`` layout this reader understands (:data:`vision_pipe.export.MODEL_JSON_FORMAT`).
 MODEL_JSON_FORMAT = 1
@@ -69,6 +70,8 @@ class ExportedPredictor:
         self.class_names: list[str] = list(self.info["class_names"])
         colors = self.info.get("class_colors")
         self.class_colors: list[tuple[int, int, int]] | None = [tuple(c) for c in colors] if colors else None
+        #: the training dataset's category id of each class (COCO results), from ``model.json``'s ``category_ids``
+        self.coco_ids = CocoIds(self.info.get("category_ids"))
         self.input_size: tuple[int, int] = tuple(self.info["input"]["size"])
         self.batch_size = batch_size if self.info["input"].get("batch") == "dynamic" else 1
         self._load()
@@ -105,7 +108,7 @@ class ExportedPredictor:
 
         names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(inputs)]
         images = [_image(i, x) for i, x in enumerate(inputs)]
-        return write_predictions(images, predictions, out_dir, names, self.class_colors)
+        return write_predictions(images, predictions, out_dir, names, self.class_colors, self.coco_ids)
 
 
 def open_predictor(path: str | Path, *, batch_size: int = 16) -> ExportedPredictor:

@@ -305,6 +305,12 @@ def fs_key(path: str | Path) -> bytes:
     return os.fsencode(path)
 
 
+def path_key(path: str | os.PathLike[str]) -> str:
+    """``path`` absolute with symlinks resolved: how the same image file given two ways is recognised
+    (e.g. a dataset's image ids looked up by the path given to ``predict``)."""
+    return str(Path(path).resolve())
+
+
 # ----------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------
@@ -402,6 +408,7 @@ __all__ = [
     "list_files",
     "list_images",
     "max_image_pixels",
+    "path_key",
     "read_image",
     "read_json_object",
     "require_dir",

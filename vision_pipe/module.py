@@ -25,9 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from vision_pipe.config import OptimizerConfig, SchedulerConfig
+from vision_pipe.errors import StageError
 from vision_pipe.finetune import UnfreezeBackbone, WeightsReport
 from vision_pipe.guards import any_nonfinite
 from vision_pipe.stages import Backbone, Batch, Head, Normalizer
+from vision_pipe.tasks.metric_sync import gather_in_order
 
 _Plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
 
@@ -43,6 +45,7 @@ class PipelineModule(pl.LightningModule):
     ``unfreeze``: ``(epoch, names)`` of ``unfreeze_at_epoch``: the named (frozen) backbone parameters
     are in the optimizer's ``backbone`` group from the start and train from that epoch on
     (:class:`~vision_pipe.finetune.UnfreezeBackbone`).
+    ``metric_options``: passed to ``head.make_metrics`` (the ``metrics:`` section's options for the task).
     ``compile``: ``False``, or a ``torch.compile`` mode (``True`` = ``"default"``)
     with which the backbone is compiled in place when a Trainer sets the module up
     (parameter names, hence checkpoints, are unchanged).
@@ -64,6 +67,7 @@ class PipelineModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool | str = False,
         unfreeze: tuple[int, Sequence[str]] | None = None,
+        metric_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -73,10 +77,14 @@ class PipelineModule(pl.LightningModule):
         self.scheduler_config = scheduler
         self.class_names = list(class_names)
         self.checkpoint_extra = checkpoint_extra or {}
-        self.val_metrics = head.make_metrics()
-        self.test_metrics_collection = head.make_metrics()
+        self.val_metrics = _make_metrics(head, metric_options or {})
+        self.test_metrics_collection = _make_metrics(head, metric_options or {})
         self.plots_dir: Path | None = None
         self.test_metrics: dict[str, float] = {}
+        #: set by ``Pipeline.test(save_json=True)``: keep the decoded predictions of the test split
+        self.record_test_predictions = False
+        #: the test split's predictions (all processes', in the split's order) when recorded
+        self.test_predictions: list[Any] = []
         self.channels_last = channels_last
         self.compile_mode: str | None = ("default" if compile is True else compile) or None
         self._loss_sums: dict[str, dict[str, Tensor]] = {}
@@ -122,10 +130,11 @@ class PipelineModule(pl.LightningModule):
         self._accumulate("train", losses, batch["image"].shape[0])
         return losses["loss"]
 
-    def _eval_step(self, batch: Batch, split: str, metrics: Any) -> None:
+    def _eval_step(self, batch: Batch, split: str, metrics: Any) -> Any:
         outputs = self(batch["image"])
         self._accumulate(split, self.head.loss(outputs, batch), batch["image"].shape[0])
         self.head.update_metrics(metrics, outputs, batch)
+        return outputs
 
     def _accumulate(self, split: str, losses: dict[str, Tensor], batch_size: int) -> None:
         """Add one batch's loss terms, weighted by its size, to the epoch's sums (on the device: no host sync)."""
@@ -188,12 +197,15 @@ class PipelineModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._loss_sums.pop("test", None)
         self._loss_counts.pop("test", None)
+        self.test_predictions = []
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_metrics)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics_collection)
+        outputs = self._eval_step(batch, "test", self.test_metrics_collection)
+        if self.record_test_predictions:
+            self.test_predictions.extend(self.head.decode(outputs, batch, self.class_names))
 
     def _log_metrics(self, split: str, metrics: Any, plots_dir: Path | None) -> dict[str, float]:
         computed = metrics.compute()
@@ -217,6 +229,8 @@ class PipelineModule(pl.LightningModule):
         self._log_losses("test")
         plots = self.plots_dir / "test" if self.plots_dir is not None else None
         self.test_metrics = self._log_metrics("test", self.test_metrics_collection, plots)
+        if self.record_test_predictions:  # one collective per evaluation, as the metrics
+            self.test_predictions = gather_in_order(self.test_predictions)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Any:
         return self.head.decode(self(batch["image"]), batch, self.class_names)
@@ -264,6 +278,19 @@ class PipelineModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vision_pipe"] = {**self.checkpoint_extra, "class_names": self.class_names}
+
+
+def _make_metrics(head: Head, options: dict[str, Any]) -> Any:
+    """``head.make_metrics(**options)``; a :class:`StageError` when a head's own ``make_metrics`` takes no options."""
+    if not options:
+        return head.make_metrics()
+    try:
+        return head.make_metrics(**options)
+    except TypeError as exc:
+        raise StageError(
+            f"head {type(head).__name__} makes its own metrics and does not take the metric options {options} "
+            f"of the YAML's metrics: section ({exc}); remove them or let the head use its task's metrics"
+        ) from exc
 
 
 def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytorch_lightning as pl
 
-from vision_pipe.build import CheckpointClasses, build_pipeline
+from vision_pipe.build import CheckpointClasses, build_pipeline, dataset_image_ids
 from vision_pipe.cache import cache_dir, fit_normalizer
 from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import PipelineConfig, validate
@@ -48,6 +48,7 @@ from vision_pipe.results import Prediction
 from vision_pipe.resume import check_resume_checkpoint
 from vision_pipe.runs import RunArtifacts, discard_run_dir, open_run_dir, record_preflight, run_dir_of, scalars
 from vision_pipe.stages import SampleSource
+from vision_pipe.tasks.coco_results import CocoIds
 from vision_pipe.trainer import check_trainer, make_trainer, running
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -125,6 +126,9 @@ class Pipeline:
         self.stages: dict[str, Any] = built.stages
         self.class_names: list[str] = built.class_names
         self.class_colors = built.class_colors
+        #: the dataset's category ids (label → id) and image ids (path → id) written in COCO results
+        self.coco_ids = built.ids
+        self._dataset_image_ids: dict[str, Any] | None = None  # read by _coco_ids when needed
         self.splits: dict[str, SampleSource] = built.splits
         self.module = built.module
         self.datamodule: PipelineDataModule | None = built.datamodule
@@ -186,7 +190,7 @@ class Pipeline:
         """
         ckpt = read_checkpoint(checkpoint, trust=trust)
         info = ckpt["vision_pipe"]
-        classes = CheckpointClasses(info["class_names"], info.get("class_colors"))
+        classes = CheckpointClasses(info["class_names"], info.get("class_colors"), info.get("category_ids"))
         config = copy.deepcopy(info["config"])
         named = list(plugins)
         recorded = [m for m in config.get("plugins") or [] if isinstance(m, str)]
@@ -326,7 +330,9 @@ class Pipeline:
             # seeded after the (possibly cached) normalizer fit, so a cache hit does not change the run
             pl.seed_everything(self.config.seed, workers=True, verbose=False)
             artifacts = RunArtifacts(run_dir, self.stages.get("normalization"))
-            trainer, checkpoint_cb = make_trainer(self.config, run_dir, action="fit", callbacks=[artifacts])
+            trainer, checkpoint_cb = make_trainer(
+                self.config, run_dir, action="fit", callbacks=[artifacts], resolved=self.resolved
+            )
             self.trainer = trainer
             self.manager.hook.vision_pipe_before_fit(pipeline=self, run_dir=run_dir)
             with running(trainer, dm.num_workers), allowed_globals():
@@ -336,8 +342,15 @@ class Pipeline:
         self.manager.hook.vision_pipe_after_fit(pipeline=self, run_dir=run_dir, metrics=metrics)
         return metrics
 
-    def _evaluate(self, action: str, ckpt: str | Path | None, trust: bool) -> tuple[pl.Trainer, RunArtifacts]:
+    def _evaluate(
+        self, action: str, ckpt: str | Path | None, trust: bool, *, save_json: bool = False
+    ) -> tuple[pl.Trainer, RunArtifacts]:
         dm = self._require_data(action)
+        if save_json and self.config.task != "detection":
+            raise VisionPipeError(
+                f"save_json (--save-json) writes detections in the COCO results format; pipeline "
+                f"'{self.config.name}' solves {self.config.task}"
+            )
         pl.seed_everything(self.config.seed, workers=True, verbose=False)
         ckpt = ckpt if ckpt is not None else self.best_checkpoint
         if ckpt is None and not (self.trainer is not None and self.trainer.global_step > 0):
@@ -348,8 +361,11 @@ class Pipeline:
             read_checkpoint(ckpt, trust=trust)  # our message, before Lightning unpickles it
         with self._new_run(ckpt):
             run_dir = self._prepare(ckpt, record=False)
-            artifacts = RunArtifacts(run_dir)
-            trainer, _ = make_trainer(self.config, run_dir, action=action, callbacks=[artifacts])
+            artifacts = RunArtifacts(run_dir, test_results=self.coco_ids if save_json else None)
+            trainer, _ = make_trainer(
+                self.config, run_dir, action=action, callbacks=[artifacts], resolved=self.resolved
+            )
+            self.module.record_test_predictions = save_json
             self.trainer = trainer
             if action == "test":
                 self.manager.hook.vision_pipe_before_test(pipeline=self, run_dir=run_dir)
@@ -365,15 +381,18 @@ class Pipeline:
         return {k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("val/")}
 
     @_action("test")
-    def test(self, ckpt: str | Path | None = None, *, trust: bool = False) -> dict[str, float]:
+    def test(self, ckpt: str | Path | None = None, *, trust: bool = False, save_json: bool = False) -> dict[str, float]:
         """Evaluate on the test split (best checkpoint of the last fit by default); ``ckpt`` is read
         as weights only unless ``trust`` (files you trust only).
 
         Returns flat metrics (``test/acc``, ``test/acc_top5``, ...), also merged
-        into the run's ``metrics.json``; plots go to ``plots/test/``; then the run's
-        ``report.html`` is written (:func:`vision_pipe.report.write_report`).
+        into the run's ``metrics.json``; plots go to ``plots/test/``. ``save_json`` (detection):
+        also write every detection of the test split to the run's ``detections_test_coco.json``
+        (COCO results format with the dataset's image and category ids; see
+        :mod:`vision_pipe.tasks.coco_results`), for pycocotools' ``COCO.loadRes``. Then the run's ``report.html`` is written
+        (:func:`vision_pipe.report.write_report`).
         """
-        _, artifacts = self._evaluate("test", ckpt, trust)
+        _, artifacts = self._evaluate("test", ckpt, trust, save_json=save_json)
         metrics = artifacts.metrics
         if not is_secondary_process():
             write_report(self)
@@ -417,7 +436,7 @@ class Pipeline:
         if out is not None:
             names = [f"array_{i}" if isinstance(x, np.ndarray) else Path(x).stem for i, x in enumerate(items)]
             images = LazyImages(items)  # decoded again one at a time: the inputs are never all in memory
-            write_predictions(images, results, out, names, self.class_colors)
+            write_predictions(images, results, out, names, self.class_colors, self._coco_ids())
         self.manager.hook.vision_pipe_after_predict(pipeline=self, predictions=results)
         return results
 
@@ -448,6 +467,16 @@ class Pipeline:
             input_size=input_size,
             probabilities=probabilities,
         )
+
+    def _coco_ids(self) -> CocoIds:
+        """:attr:`coco_ids`; built from a checkpoint with the dataset's category ids (a COCO dataset), the image ids
+        are read from the loader's files, if they are still there (once)."""
+        ids = self.coco_ids
+        if self.config.task == "detection" and ids.category_ids is not None and not ids.image_ids and not self.splits:
+            if self._dataset_image_ids is None:
+                self._dataset_image_ids = dataset_image_ids(self.config, self.locations, self.manager.registry)
+            return CocoIds(ids.category_ids, self._dataset_image_ids)
+        return ids
 
     def load_checkpoint(self, path: str | Path, *, trust: bool = False) -> None:
         """Load the model's weights (and fitted normalization) from a vision-pipe checkpoint,

@@ -21,6 +21,7 @@ from vision_pipe.errors import VisionPipeError
 from vision_pipe.io import atomic_write_text, write_png
 from vision_pipe.results import Prediction
 from vision_pipe.tasks import task_of_prediction
+from vision_pipe.tasks.coco_results import CocoIds
 
 
 def render_prediction(
@@ -41,6 +42,7 @@ def write_predictions(
     out_dir: str | Path,
     names: Sequence[str],
     class_colors: Sequence[Sequence[int]] | None = None,
+    ids: CocoIds | None = None,
 ) -> list[dict[str, Any]]:
     """Write what ``predictions`` found into ``out_dir``; return one JSON record per input.
 
@@ -49,9 +51,8 @@ def write_predictions(
     label, colour overlay or boxes) and, for segmentation, ``x_mask.png`` (class
     ids at the original size: 8-bit, or 16-bit for more than 256 classes).
     Then ``predictions.json`` (every record) and, for detection,
-    ``detections_coco.json`` (COCO results format: ``image_id`` = the input's
-    position, ``file_name``, ``category_id`` = label, ``category_name``,
-    ``bbox`` [x, y, width, height] in pixels, ``score``). Existing files of the
+    ``detections_coco.json`` (COCO results format, the dataset's image and
+    category ids from ``ids`` where known: see :mod:`vision_pipe.tasks.coco_results`). Existing files of the
     same names are replaced atomically; an input whose stem repeats gets ``-1``,
     ``-2`` ... appended.
     """
@@ -70,7 +71,7 @@ def write_predictions(
             records.append(record)
         atomic_write_text(out / "predictions.json", json.dumps(records, indent=2))
         if predictions:
-            task_of_prediction(predictions[0]).write_predictions(predictions, out)
+            task_of_prediction(predictions[0]).write_predictions(predictions, out, ids)
     except OSError as exc:
         where = exc.filename or out
         raise VisionPipeError(f"{where}: cannot write the predictions: {exc.strerror or exc}") from None

@@ -5,7 +5,8 @@ makes it (``config.yaml``, ``splits.json``, ``plots/``) or reuses the run a
 checkpoint belongs to, and :func:`discard_run_dir` removes a new one whose
 run stopped before its first training step; :func:`record_preflight` writes ``preflight.json``; and
 :class:`RunArtifacts`, a Lightning callback, writes ``metrics.json`` (merged,
-strict JSON), ``run.json`` (the fit's status, start, end and duration: :func:`record_run_status`), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs),
+strict JSON), ``run.json`` (the fit's status, start, end and duration: :func:`record_run_status`), ``weights.json`` (what loading the backbone's weights did), ``plots/curves.png`` (from the CSV logs), the test split's COCO
+results (``detections_test_coco.json``),
 ``plots/filters.png`` (the first convolution's filters, :mod:`vision_pipe.inspect`) and the normalizer's
 artifacts from the Trainer's hooks — at the end of a fit, a test, and also when
 a run fails half-way, so the finished epochs keep their metrics and curves.
@@ -35,6 +36,10 @@ from vision_pipe.inspect import save_filter_grid
 from vision_pipe.io import atomic_write_bytes, atomic_write_text, read_json_object
 from vision_pipe.preflight import PreflightReport
 from vision_pipe.stages import Normalizer, SampleSource
+from vision_pipe.tasks.coco_results import CocoIds
+
+#: The test split's detections in COCO results format (``test --save-json``), in the run directory.
+TEST_RESULTS = "detections_test_coco.json"
 
 
 def new_run_dir(config: PipelineConfig, resolved: dict[str, Any], splits: dict[str, SampleSource]) -> Path:
@@ -138,14 +143,19 @@ class RunArtifacts(pl.Callback):
     - start of a fit whose backbone was loaded from ``model.backbone.weights``: ``weights.json``,
       what the loading did (:class:`vision_pipe.finetune.WeightsReport`);
     - end of a test: the test metrics (the head's summary and the logged
-      ``test/...``) merged into ``metrics.json``.
+      ``test/...``) merged into ``metrics.json``; with ``test_results`` (the dataset's
+      ids), the test split's detections in the COCO results format, ``detections_test_coco.json``
+      (see :mod:`vision_pipe.tasks.coco_results`).
 
     ``metrics`` holds what was written last (what ``Pipeline.fit/test`` return).
     """
 
-    def __init__(self, run_dir: Path, normalizer: Normalizer | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, normalizer: Normalizer | None = None, *, test_results: CocoIds | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.normalizer = normalizer
+        self.test_results = test_results
         self.metrics: dict[str, float] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -166,6 +176,11 @@ class RunArtifacts(pl.Callback):
         metrics.update({k: v for k, v in scalars(trainer.callback_metrics).items() if k.startswith("test/")})
         self.metrics = metrics
         update_metrics_file(self.run_dir / "metrics.json", metrics)
+        if self.test_results is not None and trainer.is_global_zero:
+            from vision_pipe.tasks.detection import write_coco_results
+
+            predictions = getattr(pl_module, "test_predictions", [])
+            write_coco_results(predictions, self.run_dir / TEST_RESULTS, self.test_results)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn != "fit":

@@ -291,11 +291,17 @@ class LoadedData:
     ``all`` source, and the pipeline makes a seeded split (``data.split``).
     ``class_colors``: optional (R, G, B) per class (e.g. from a palette PNG or
     a classes file), used when drawing predictions.
+    ``category_ids``: the dataset's own id of each class (COCO ``category_id`` of
+    label ``i``), written in COCO results; ``image_ids``: the dataset's own image
+    id by image path (resolved, as :func:`vision_pipe.tasks.coco_results.path_key`
+    makes it), written in COCO results for the dataset's images.
     """
 
     class_names: list[str]
     splits: Mapping[str, SampleSource]
     class_colors: list[tuple[int, int, int]] | None = None
+    category_ids: list[int] | None = None
+    image_ids: dict[str, Any] | None = None
 
 
 class Loader(ABC):
@@ -485,8 +491,11 @@ class Head(nn.Module, ABC):
 
         return get_task(self.task).export_outputs(outputs)
 
-    def make_metrics(self) -> torchmetrics.MetricCollection:
-        """A fresh metric collection (one per split is made): the task's, for :attr:`num_classes`."""
+    def make_metrics(self, **options: Any) -> torchmetrics.MetricCollection:
+        """A fresh metric collection (one per split is made): the task's, for :attr:`num_classes`.
+
+        ``options``: the task's metric options from the YAML's ``metrics:`` section (e.g. ``backend``
+        of ``metrics.detection``); given only when they differ from the defaults."""
         num_classes = getattr(self, "num_classes", None)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int):
             raise StageError(
@@ -495,7 +504,7 @@ class Head(nn.Module, ABC):
             )
         from vision_pipe.tasks import get_task  # the tasks build on these contracts: imported when used
 
-        return get_task(self.task).make_metrics(num_classes, ignore_index=self.ignore_index)
+        return get_task(self.task).make_metrics(num_classes, ignore_index=self.ignore_index, **options)
 
     def update_metrics(self, metrics: torchmetrics.MetricCollection, outputs: Any, batch: Batch) -> None:
         """Feed one batch to ``metrics``: :meth:`evaluation_outputs` of ``outputs``, to the task's metrics."""

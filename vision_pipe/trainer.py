@@ -3,8 +3,8 @@ may use, and the Lightning chatter kept off the console while it runs.
 
 Owns :func:`make_trainer` (the non-finite guard of :mod:`vision_pipe.guards`,
 checkpointing — best.ckpt by the monitored metric, last.ckpt after every epoch —,
-early stopping, learning-rate monitor, CSV + TensorBoard loggers in
-directories of their own, plus the callbacks the caller adds, e.g.
+early stopping, learning-rate monitor, the loggers of the YAML's ``loggers:``
+(:mod:`vision_pipe.loggers`; CSV and TensorBoard in directories of their own), plus the callbacks the caller adds, e.g.
 :class:`vision_pipe.runs.RunArtifacts`), :class:`AtomicCheckpointIO` (every
 checkpoint written through :mod:`vision_pipe.io`'s atomic writer),
 :func:`running` (the context every ``trainer.fit/validate/test`` call runs in)
@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from vision_pipe.data import cpu_count
 from vision_pipe.errors import ConfigError
 from vision_pipe.guards import NonFiniteGuard
 from vision_pipe.io import atomic_torch_save
+from vision_pipe.loggers import TrackerArtifacts, check_loggers, make_loggers
 
 #: Warnings Lightning gives for what vision-pipe does on purpose.
 _QUIET_WARNINGS = (
@@ -43,6 +44,8 @@ _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",
     # guard.on_nonfinite: skip_batch skips a batch by returning None from training_step on purpose
     r"`training_step` returned `None`",
+    # a test after a fit logs into the fit's W&B run on purpose (vision_pipe.loggers finishes any other run)
+    r"There is a wandb run already in progress",
 )
 _LIGHTNING_LOGGER = "pytorch_lightning.utilities.rank_zero"
 
@@ -78,9 +81,16 @@ def fresh_name(folder: Path, base: str) -> str:
 
 
 def make_trainer(
-    config: PipelineConfig, run_dir: Path, *, action: str, callbacks: Sequence[pl.Callback] = ()
+    config: PipelineConfig,
+    run_dir: Path,
+    *,
+    action: str,
+    callbacks: Sequence[pl.Callback] = (),
+    resolved: Mapping[str, Any] | None = None,
 ) -> tuple[pl.Trainer, Any]:
-    """A Trainer for ``action`` (``fit``, ``validate``, ``test``) writing into ``run_dir``.
+    """A Trainer for ``action`` (``fit``, ``validate``, ``test``) writing into ``run_dir``, logging to the
+    YAML's ``loggers:`` (:mod:`vision_pipe.loggers`; ``resolved``, the resolved config, is what trackers get
+    as parameters).
 
     Returns ``(trainer, checkpoint_callback)``; the checkpoint callback is ``None``
     unless training. Each trainer logs into directories of its own
@@ -88,7 +98,6 @@ def make_trainer(
     Lightning's CSV logger would delete an existing metrics file.
     """
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from vision_pipe.resume import RandomState
 
@@ -126,14 +135,9 @@ def make_trainer(
                 EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
             )
     all_callbacks += list(callbacks)
-    logs = run_dir / "logs"
-    prefix = "" if training else f"{action}-"
-    loggers = [
-        CSVLogger(save_dir=run_dir, name="logs", version=fresh_name(logs, f"{prefix}csv")),
-        TensorBoardLogger(
-            save_dir=run_dir, name="logs", version=fresh_name(logs, f"{prefix}tensorboard"), default_hp_metric=False
-        ),
-    ]
+    # after the caller's callbacks (RunArtifacts writes metrics.json and the plots it sends)
+    all_callbacks.append(TrackerArtifacts(run_dir, resolved or config.model_dump(mode="json"), config.loggers))
+    loggers = make_loggers(config, run_dir, "" if training else f"{action}-", fresh_name)
     options = dict(config.trainer)
     plugins = options.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
@@ -180,11 +184,13 @@ def check_trainer(config: PipelineConfig, locs: Locations) -> None:
     Lightning refuses (``max_epochs: -5``, ``precision: '17'``, ``accelerator: gpu`` on a machine
     without one, ``devices: 0``) is a :class:`ConfigError` naming the key and where it was set.
 
+    The ``loggers:`` options and their packages are checked too (:func:`vision_pipe.loggers.check_loggers`).
     Cheap (a few ms, no logger, no checkpointing, a temporary root); run by ``vision-pipe check``
     and before a fit makes its run directory.
     """
     import tempfile
 
+    check_loggers(config, locs)
     with tempfile.TemporaryDirectory() as tmp, quiet_lightning(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logger = logging.getLogger(_LIGHTNING_LOGGER)

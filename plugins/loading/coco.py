@@ -24,6 +24,7 @@ from vision_pipe import (
     StageError,
     fmt_box,
     hookimpl,
+    path_key,
     require_dir,
     require_file,
     stage,
@@ -274,13 +275,18 @@ class Coco(Loader):
         for other in parsed.values():
             self._check_categories(main, other)
         class_names = [main.categories[c] for c in sorted(main.categories)]
-        splits = {}
+        splits: dict[str, CocoSource] = {}
         for split, (path, images) in self.files.items():
             folder = images if images is not None else path.parent
             require_dir(folder, "COCO images folder", f"set the loading stage's '{_param(split, 'images')}' parameter")
             key = {"stage": "coco", "split": split, "crowd": self.crowd, "images": str(folder)}
             splits[split] = CocoSource(parsed[split], folder, main.categories, self.crowd, key)
-        return LoadedData(class_names, splits)
+        image_ids = {
+            path_key(path): image_id
+            for source in splits.values()
+            for path, image_id in zip(source.images, source.coco.image_ids, strict=True)
+        }
+        return LoadedData(class_names, splits, category_ids=sorted(main.categories), image_ids=image_ids)
 
 
 def _param(split: str, what: str = "annotations") -> str:
@@ -324,7 +330,9 @@ def coco(
 
     Classes: the categories of ``annotations``, sorted by id; label ``i`` is the
     ``i``-th smallest id (so ids 1, 3, 7 become labels 0, 1, 2), the class name
-    its ``name``. Val/test files must declare the same categories.
+    its ``name``. Val/test files must declare the same categories. COCO results
+    (``detections_coco.json`` of ``predict``, ``test --save-json``) carry the
+    file's own category ids and, for its images, its image ids.
 
     Samples: ``image`` (H, W, 3) uint8 RGB, ``id`` (the image path),
     ``boxes`` (N, 4) float32 xyxy pixels = [x, y, x + width, y + height],

@@ -244,3 +244,33 @@ def test_interleave_restores_the_evaluation_samplers_order() -> None:
     assert interleave(shares) == data
     assert interleave([[0, 1], [2, 3, 4]]) == [0, 1, 2, 3, 4]  # not a sampler's shape: in rank order
     assert interleave([[], []]) == []
+
+
+def test_ddp_pycocotools_metrics_and_saved_detections_equal_one_process(
+    tiny_config, tmp_path: Path, single_process_env
+) -> None:
+    """``metrics.detection: pycocotools`` and ``fit --save-json`` on 2 processes (5 test images: 3 + 2): the COCOeval
+    metrics and every saved detection, in the split's order, equal a one-process test of the same checkpoint."""
+    config = copy.deepcopy(tiny_config)
+    config["task"] = "detection"
+    config["metrics"] = {"detection": "pycocotools"}
+    config["data"]["input_size"] = [32, 32]
+    config["data"]["loader"].update(size=32, num_images=25)  # 15 / 5 / 5
+    config["model"]["head"] = {"name": "ssd", "extra_channels": 8, "batch_norm": False}
+    config["trainer"].update(strategy="ddp", devices=2, max_epochs=2)
+    config["data"]["batch_size"] = 4
+    path = tmp_path / "det_ddp.yaml"
+    proc = _fit_in_two_processes(config, path, "--save-json")
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    assert proc.stdout.count("COCO results:") == 1
+    ddp = json.loads((run / "metrics.json").read_text())
+    ddp_detections = json.loads((run / "detections_test_coco.json").read_text())
+
+    single = Pipeline.from_yaml(path, ["trainer.strategy=auto", "trainer.devices=1"])
+    metrics = single.test(run / "checkpoints" / "best.ckpt", save_json=True)
+    assert json.loads((run / "detections_test_coco.json").read_text()) == ddp_detections
+    assert {d["image_id"] for d in ddp_detections} == set(range(5))  # every test image, by its position
+    keys = [k for k in metrics if k.startswith("test/") and not k.startswith("test/loss")]
+    assert metrics["test/mar_100"] > 0
+    for key in keys:
+        assert (math.isnan(ddp[key]) and math.isnan(metrics[key])) or ddp[key] == metrics[key], key

@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
         "--resume", metavar="CKPT", help="continue training from this checkpoint (e.g. .../checkpoints/last.ckpt)"
     )
     p.add_argument("--no-test", action="store_true", help="do not evaluate on the test split after training")
+    _add_save_json(p)
     add_trust(p)
     p.set_defaults(handler=_fit)
 
@@ -32,6 +33,8 @@ def register(sub: Any) -> None:
         p.add_argument("pipeline", help="pipeline YAML")
         add_common(p)
         p.add_argument("--ckpt", required=True, metavar="CKPT", help="checkpoint to evaluate")
+        if name == "test":
+            _add_save_json(p)
         add_trust(p)
         p.set_defaults(handler=_validate if name == "validate" else _test)
 
@@ -49,6 +52,22 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=_check)
 
 
+def _add_save_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--save-json",
+        action="store_true",
+        help="detection: write the test split's detections in the COCO results format (detections_test_coco.json "
+        "in the run directory, with the dataset's image and category ids)",
+    )
+
+
+def _print_results(args: argparse.Namespace, pipe: Any) -> None:
+    from vision_pipe.runs import TEST_RESULTS
+
+    if getattr(args, "save_json", False) and not getattr(args, "no_test", False):
+        print(f"COCO results: {pipe.run_dir / TEST_RESULTS}")
+
+
 def _pipeline(args: argparse.Namespace) -> Any:
     from vision_pipe.pipeline import Pipeline
 
@@ -61,9 +80,10 @@ def _fit(args: argparse.Namespace) -> int:
     metrics = pipe.fit(resume=args.resume, trust=args.trust_checkpoint)
     print_metrics("fit finished", {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1})
     if not args.no_test:
-        test = pipe.test()
+        test = pipe.test(save_json=args.save_json)
         print_metrics("test metrics", {k: v for k, v in test.items() if k.count("/") == 1})
     print(f"\nrun directory: {pipe.run_dir}")
+    _print_results(args, pipe)
     if pipe.best_checkpoint:
         print(f"best checkpoint: {pipe.best_checkpoint}")
     return 0
@@ -79,8 +99,9 @@ def _validate(args: argparse.Namespace) -> int:
 def _test(args: argparse.Namespace) -> int:
     pipe = _pipeline(args)
     _preflight(pipe)
-    print_metrics("test metrics", pipe.test(args.ckpt, trust=args.trust_checkpoint))
+    print_metrics("test metrics", pipe.test(args.ckpt, trust=args.trust_checkpoint, save_json=args.save_json))
     print(f"\nrun directory: {pipe.run_dir}")
+    _print_results(args, pipe)
     return 0
 
 

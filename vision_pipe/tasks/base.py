@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from vision_pipe.config import BoxRules
+    from vision_pipe.tasks.coco_results import CocoIds
 
 
 class Task:
@@ -161,8 +162,11 @@ class Task:
         return the entries they add to its record in ``predictions.json``."""
         return {}
 
-    def write_predictions(self, predictions: Sequence[Prediction], out_dir: Path) -> list[Path]:
-        """Write the task's files about all ``predictions`` (of the inputs in order) into ``out_dir``."""
+    def write_predictions(
+        self, predictions: Sequence[Prediction], out_dir: Path, ids: CocoIds | None = None
+    ) -> list[Path]:
+        """Write the task's files about all ``predictions`` (of the inputs in order) into ``out_dir``;
+        ``ids``: the dataset's ids, for the files that carry them (detection's COCO results)."""
         return []
 
     def describe(self, prediction: Prediction) -> str:

@@ -34,6 +34,7 @@ from vision_pipe.io import atomic_write_text
 from vision_pipe.results import DetectionPrediction, Prediction
 from vision_pipe.samples import IGNORE_INDEX, box_iou, check_boxes, pack_targets
 from vision_pipe.tasks.base import Graded, Task
+from vision_pipe.tasks.coco_results import CocoIds, coco_results
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -123,14 +124,33 @@ class DetectionTask(Task):
 
     # -- evaluation ------------------------------------------------------------
 
-    def make_metrics(self, num_classes: int, *, ignore_index: int = IGNORE_INDEX) -> torchmetrics.MetricCollection:
+    def make_metrics(
+        self, num_classes: int, *, ignore_index: int = IGNORE_INDEX, backend: str = "torchmetrics"
+    ) -> torchmetrics.MetricCollection:
         """COCO-style mean average precision over IoU 0.5:0.95, per class, with the precision array
-        (``extended_summary``) from which per-class AP at IoU 0.5 is read."""
+        from which per-class AP at IoU 0.5 is read. ``backend`` (``metrics.detection``):
+        ``torchmetrics`` (its ``MeanAveragePrecision``, ``extended_summary``) or ``pycocotools``
+        (:class:`~vision_pipe.tasks.coco_eval.CocoEvalMAP`); both with COCO's settings
+        (:data:`~vision_pipe.tasks.coco_eval.COCO_PARAMS`: IoU 0.5:0.95, 101 recall points, 1/10/100
+        detections)."""
         import torchmetrics
 
-        return torchmetrics.MetricCollection(
-            {"map": _mean_ap_class()(box_format="xyxy", iou_type="bbox", class_metrics=True, extended_summary=True)}
+        from vision_pipe.tasks.coco_eval import COCO_PARAMS, CocoEvalMAP
+
+        if backend == "pycocotools":
+            return torchmetrics.MetricCollection({"map": CocoEvalMAP()})
+        if backend != "torchmetrics":
+            raise ValueError(f"unknown detection metrics backend {backend!r} (torchmetrics, pycocotools)")
+        metric = _mean_ap_class()(
+            box_format="xyxy",
+            iou_type="bbox",
+            class_metrics=True,
+            extended_summary=True,
+            iou_thresholds=COCO_PARAMS["iouThrs"].tolist(),
+            rec_thresholds=COCO_PARAMS["recThrs"].tolist(),
+            max_detection_thresholds=list(COCO_PARAMS["maxDets"]),
         )
+        return torchmetrics.MetricCollection({"map": metric})
 
     def update_metrics(
         self, metrics: torchmetrics.MetricCollection, outputs: Sequence[Mapping[str, Tensor]], batch: Mapping[str, Any]
@@ -208,29 +228,13 @@ class DetectionTask(Task):
             )
         return canvas
 
-    def write_predictions(self, predictions: Sequence[Prediction], out_dir: Path) -> list[Path]:
-        """``detections_coco.json`` (COCO results format: ``image_id`` = the input's position,
-        ``file_name``, ``category_id`` = label, ``category_name``, ``bbox`` [x, y, width, height]
-        in pixels, ``score``)."""
-        coco: list[dict[str, Any]] = []
-        for i, prediction in enumerate(predictions):
-            prediction = cast(DetectionPrediction, prediction)
-            for box, label, cname, score in zip(
-                prediction.boxes, prediction.labels, prediction.class_names, prediction.scores, strict=True
-            ):
-                x1, y1, x2, y2 = (float(v) for v in box)
-                coco.append(
-                    {
-                        "image_id": i,
-                        "file_name": prediction.id,
-                        "category_id": int(label),
-                        "category_name": cname,
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(float(score), 5),
-                    }
-                )
+    def write_predictions(
+        self, predictions: Sequence[Prediction], out_dir: Path, ids: CocoIds | None = None
+    ) -> list[Path]:
+        """``detections_coco.json``: :func:`~vision_pipe.tasks.coco_results.coco_results` of ``predictions``
+        (COCO results format; the dataset's image and category ids from ``ids`` where known)."""
         path = out_dir / "detections_coco.json"
-        atomic_write_text(path, json.dumps(coco, indent=2))
+        write_coco_results(predictions, path, ids)
         return [path]
 
     def describe(self, prediction: Prediction) -> str:
@@ -274,6 +278,11 @@ def _mean_ap_class() -> type:
     from vision_pipe.tasks.metric_sync import SyncListsOnce
 
     return type("MeanAveragePrecision", (SyncListsOnce, MeanAveragePrecision), {"__module__": __name__})
+
+
+def write_coco_results(predictions: Sequence[Prediction], path: Path, ids: CocoIds | None = None) -> None:
+    """Write :func:`~vision_pipe.tasks.coco_results.coco_results` of ``predictions`` to ``path`` (atomically)."""
+    atomic_write_text(path, json.dumps(coco_results(predictions, ids), indent=2))
 
 
 def _random_boxes(rng: np.random.Generator, n: int, height: int, width: int) -> Tensor:

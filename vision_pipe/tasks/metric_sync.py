@@ -40,6 +40,18 @@ def interleave(lists: Sequence[Sequence[Any]]) -> list[Any]:
     return [lists[i % world][i // world] for i in range(sum(lengths))]
 
 
+def gather_in_order(items: list[Any]) -> list[Any]:
+    """Every process's ``items`` (per-sample objects of an evaluation, picklable) in the split's order, with one
+    ``all_gather_object`` (see :func:`interleave`); ``items`` itself when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return interleave(gathered)
+
+
 def _to(value: Any, device: torch.device | str) -> Any:
     """A tensor (or a tuple of them, as segmentation masks are kept) on ``device``."""
     if isinstance(value, Tensor):
