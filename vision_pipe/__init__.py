@@ -49,6 +49,7 @@ from vision_pipe.results import (
     ClassificationPrediction,
     DetectionPrediction,
     Prediction,
+    ReconstructionPrediction,
     SegmentationPrediction,
 )
 from vision_pipe.samples import (
@@ -139,6 +140,7 @@ __all__ = [
     "Pipeline",
     "PluginError",
     "Prediction",
+    "ReconstructionPrediction",
     "Sample",
     "SampleSource",
     "SegmentationPrediction",

@@ -57,6 +57,8 @@ class Task:
     prediction_type: ClassVar[type[Prediction]] = Prediction
     #: The keys of a sample's (and a batch's) targets; the first one tells the task of a collated item.
     target_keys: ClassVar[tuple[str, ...]] = ()
+    #: Whether the task's data has classes (a loader's ``class_names`` is then a non-empty list).
+    has_classes: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"<task {self.name!r}>"
