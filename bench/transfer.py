@@ -90,13 +90,13 @@ def finetune_overrides(args: argparse.Namespace, seed: int, out: Path) -> list[s
     ]
 
 
-def job(overrides: list[str], cache: Path) -> Job:
-    """Fit + test the shapes pipeline with ``overrides`` and an empty statistics cache of its own, so
+def job(overrides: list[str], cache: Path, name: str = "shapes_classification") -> Job:
+    """Fit + test ``pipelines/<name>.yaml`` with ``overrides`` and an empty statistics cache of its own, so
     that every arm does the same work (its mean image and pre-flight pass are not read from another's)."""
     previous = os.environ.get("VISION_PIPE_CACHE")
     os.environ["VISION_PIPE_CACHE"] = str(cache)
     try:
-        return run_job("shapes_classification", overrides)
+        return run_job(name, overrides)
     finally:
         if previous is None:
             del os.environ["VISION_PIPE_CACHE"]

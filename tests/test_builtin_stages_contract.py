@@ -41,6 +41,7 @@ PARAMS: dict[tuple[str, str], dict[str, Any]] = {
         "crop_roi": True,
     },
     ("loading", "voc"): {"root": TESTS / "assets" / "detection" / "voc"},
+    ("loading", "unlabelled_folder"): {"root": ASSETS / "imagefolder_tiny"},
     ("loading", "yolo"): {
         "images": TESTS / "assets" / "detection" / "yolo" / "images",
         "classes": TESTS / "assets" / "detection" / "yolo" / "classes.txt",

@@ -50,6 +50,7 @@ from vision_pipe.results import (
     ClassificationPrediction,
     DetectionPrediction,
     Prediction,
+    ReconstructionPrediction,
     SegmentationPrediction,
 )
 from vision_pipe.samples import (
@@ -155,6 +156,7 @@ __all__ = [
     "Pipeline",
     "PluginError",
     "Prediction",
+    "ReconstructionPrediction",
     "RunSummary",
     "Sample",
     "SampleSource",

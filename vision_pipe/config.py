@@ -162,7 +162,9 @@ class BackboneEntryKeys(_Strict):
     """The keys of ``model.backbone`` that are not the stage's parameters (see :mod:`vision_pipe.finetune`)."""
 
     weights: str | None = Field(
-        None, description="a weights file: a vision-pipe checkpoint, or a state dict of the backbone"
+        None,
+        description="a weights file (a vision-pipe checkpoint of any task, e.g. an autoencoder's, or a state dict of "
+        "the backbone), or a run folder / runs/<pipeline> folder (its newest run's best.ckpt, else last.ckpt)",
     )
     strict: bool = Field(True, description="weights must fit the backbone exactly (false: load what matches)")
     freeze: str | list[str] | None = Field(None, description="parameter name prefixes not trained")

@@ -85,22 +85,46 @@ def _backbone_state(state: Any, path: Path, where: str) -> dict[str, torch.Tenso
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
+#: The checkpoints of a run folder that ``model.backbone.weights`` may name, in order of preference.
+RUN_CHECKPOINTS = ("best.ckpt", "last.ckpt")
+
+
+def weights_file(path: Path, where: str) -> Path:
+    """The file ``model.backbone.weights`` names: ``path`` itself, or for a folder the checkpoint of a run
+    (``<run>/checkpoints/best.ckpt``, else ``last.ckpt``) or of the newest run of a pipeline's runs folder
+    (``runs/<name>/``: its run folders sorted by name, which is their start time). The run may be of another
+    task (e.g. an autoencoder's): only its backbone tensors are read. :class:`ConfigError` when there is none."""
+    location = where.split(": ")[0]
+    if path.is_file():
+        return path
+    if path.is_dir():
+        runs = [path, *sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)]
+        for run in runs:
+            for name in RUN_CHECKPOINTS:
+                if (run / "checkpoints" / name).is_file():
+                    return run / "checkpoints" / name
+        raise ConfigError(
+            f"backbone weights folder {path} holds no run checkpoint (checkpoints/{' or '.join(RUN_CHECKPOINTS)} "
+            "in it or in one of its run folders): name a weights file, a run folder or a runs/<pipeline> folder",
+            location=location,
+            key="model.backbone.weights",
+        )
+    raise ConfigError(f"backbone weights file not found: {path}", location=location, key="model.backbone.weights")
+
+
 def load_weights(
     backbone: nn.Module, weights: str | Path, where: str, *, trust: bool = False, strict: bool = True
 ) -> WeightsReport:
     """Load a state dict (``.safetensors`` or torch), or the ``backbone.*`` part of a vision-pipe/Lightning
-    checkpoint, into ``backbone``; read as weights only unless ``trust`` (see :func:`load_torch_file`).
+    checkpoint of any task (``weights`` may name a run folder: :func:`weights_file`), into ``backbone``; read
+    as weights only unless ``trust`` (see :func:`load_torch_file`).
 
     ``strict``: every backbone tensor must come from the file and every file tensor must fit, otherwise a
     :class:`StageError` names the keys and the fix (``strict: false``). Not ``strict``: the tensors whose
     name and shape match are loaded, the rest keep their initialization. Either way, a file of which no
     tensor fits is an error. Returns the :class:`WeightsReport`.
     """
-    path = Path(weights)
-    if not path.is_file():
-        raise ConfigError(
-            f"backbone weights file not found: {path}", location=where.split(": ")[0], key="model.backbone.weights"
-        )
+    path = weights_file(Path(weights), where)
     try:
         raw = load_torch_file(path, trust=trust, what="weights file")
     except VisionPipeError as exc:

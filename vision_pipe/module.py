@@ -122,7 +122,7 @@ class PipelineModule(pl.LightningModule):
     # -- steps --------------------------------------------------------------
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        outputs = self(batch["image"])
+        outputs = self(self.head.training_inputs(batch["image"]))  # e.g. a denoising head's noise
         losses = self.head.loss(outputs, batch)
         if self.skip_nonfinite and any_nonfinite(self.trainer, losses["loss"]):
             self.skipped_batches += 1

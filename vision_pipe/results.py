@@ -78,3 +78,15 @@ class DetectionPrediction(Prediction):
             "class_names": list(self.class_names),
             "scores": [float(v) for v in self.scores],
         }
+
+
+@dataclass
+class ReconstructionPrediction(Prediction):
+    """``image`` (H, W, 3) uint8 RGB, the reconstruction at the original image size; ``psnr`` (dB)
+    of the reconstruction against the model's input (pixels in [0, 1], at the model's input size)."""
+
+    image: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3), np.uint8))
+    psnr: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "size": list(self.image.shape[:2]), "psnr": self.psnr}

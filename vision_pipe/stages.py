@@ -464,6 +464,15 @@ class Head(nn.Module, ABC):
     def loss(self, outputs: Any, batch: Batch) -> dict[str, Tensor]:
         """Loss terms; the key ``"loss"`` is the one optimized."""
 
+    def training_inputs(self, images: Tensor) -> Tensor:
+        """The images a training step feeds to the model: (B, 3, H, W) uint8 or float in [0, 255] in,
+        the same shape and scale out (default: ``images`` unchanged).
+
+        Called in training steps only, before the normalization; :meth:`loss` still gets the batch as it
+        was (a denoising autoencoder corrupts its inputs here and compares against the clean images).
+        """
+        return images
+
     def evaluation_outputs(self, outputs: Any, batch: Batch) -> Any:
         """Raw ``outputs`` in the task's evaluation form (default: unchanged).
 

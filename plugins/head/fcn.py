@@ -65,13 +65,67 @@ def bilinear_kernel(channels: int, size: int = 4) -> Tensor:
     return weight
 
 
-def _fit(x: Tensor, size: tuple[int, int]) -> Tensor:
+def fit_size(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Crop ``x`` (B, C, h, w) to ``size`` where it is larger, interpolate (bilinear) where smaller."""
     h, w = size
     x = x[..., :h, :w]
     if tuple(x.shape[-2:]) != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
     return x
+
+
+def decoder_strides(coarsest: int) -> list[int]:
+    """The strides a decoder passes from a map of stride ``coarsest`` back to the image: coarsest, coarsest/2, ..., 1."""
+    strides = []
+    s = coarsest
+    while s > 1:
+        strides.append(s)
+        s //= 2
+    return [*strides, 1]
+
+
+def image_size(infos: Sequence[FeatureInfo], input_size: tuple[int, int], features: Features) -> tuple[int, int]:
+    """The (H, W) of the images ``features`` come from (``infos`` finest first): recorded by the first pooling
+    when there is one, else ``input_size`` when the finest map has its size at ``input_size``, else that map's
+    size times its stride (images of another size, e.g. an export at another input size)."""
+    finest = infos[0]
+    if finest.stride == 2 and finest.name in features.pool_indices:
+        h, w = features.pool_indices[finest.name][1]
+        return int(h), int(w)
+    h, w = (int(v) for v in features.maps[finest.name].shape[-2:])
+    if (h, w) == tuple(math.ceil(v / finest.stride) for v in input_size):
+        return input_size
+    return h * finest.stride, w * finest.stride
+
+
+def step_size(
+    by_stride: dict[int, FeatureInfo], features: Features, stride: int, out: tuple[int, int]
+) -> tuple[int, int]:
+    """The (h, w) a decoder step to ``stride`` produces: the size of the backbone's map at that stride
+    when there is one (so skips line up), else ``out`` (the image size) divided by ``stride``, rounded up."""
+    if stride in by_stride and by_stride[stride].name in features.maps:
+        h, w = features.maps[by_stride[stride].name].shape[-2:]
+        return int(h), int(w)
+    return math.ceil(out[0] / stride), math.ceil(out[1] / stride)
+
+
+def step_pool(
+    by_stride: dict[int, FeatureInfo], features: Features, stride: int
+) -> tuple[Tensor, tuple[int, int]] | None:
+    """The pooling indices that produced the backbone's map at ``stride`` (what an ``unpool`` step from it
+    undoes), or None."""
+    return features.pool_indices.get(by_stride[stride].name) if stride in by_stride else None
+
+
+def require_pool_indices(context: StageContext, head: str) -> None:
+    """:class:`ChainError` for ``upsample: unpool`` when the backbone records no max-pooling indices."""
+    if "pool_indices" not in context.backbone_provides:
+        raise ChainError(
+            f"head '{head}': upsample 'unpool' needs max-pooling indices, which backbone "
+            f"'{context.backbone_name}' does not provide; backbones providing pool indices ('vgg', or 'torchvision' "
+            f"with a VGG model such as vgg16_bn) can, "
+            f"or use upsample 'transposed' or 'bilinear'"
+        )
 
 
 class UpStep(nn.Module):
@@ -99,16 +153,27 @@ class UpStep(nn.Module):
 
     def forward(self, x: Tensor, size: tuple[int, int], pool: tuple[Tensor, tuple[int, int]] | None = None) -> Tensor:
         if self.mode == "transposed":
-            return _fit(self.up(x), size)  # (B, C, 2h, 2w) cropped to (H, W)
+            return fit_size(self.up(x), size)  # (B, C, 2h, 2w) cropped to (H, W)
         if self.mode == "unpool" and pool is not None:
             indices, out_size = pool
             x = self.pre(x)  # (B, C_pool, h, w), the shape of the indices
             x = F.max_unpool2d(x, indices, kernel_size=(2, 2), stride=(2, 2), output_size=out_size)
-            x = _fit(self.conv(x), size)
+            x = fit_size(self.conv(x), size)
         else:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             x = self.fallback(x) if self.mode == "unpool" else self.conv(x)
         return F.relu(x) if self.relu else x
+
+
+def up_steps(
+    mode: str, width: int, strides: Sequence[int], by_stride: dict[int, FeatureInfo], *, relu: bool
+) -> nn.ModuleList:
+    """One :class:`UpStep` of ``width`` channels per ×2 step down ``strides`` (:func:`decoder_strides`); an
+    ``unpool`` step from a backbone map unpools to the channels of the pooling that produced that map."""
+    return nn.ModuleList(
+        UpStep(mode, width, unpool_channels=by_stride[s].channels if s in by_stride else width, relu=relu)
+        for s in strides[:-1]
+    )
 
 
 class FCNHead(Head):
@@ -151,24 +216,10 @@ class FCNHead(Head):
         concat = skips == "concat"
         width = channels if concat else num_classes  # what the decoder carries
 
-        # The strides the decoder goes through: coarsest, coarsest/2, ..., 1.
-        self.strides: list[int] = []
-        s = coarsest.stride
-        while s > 1:
-            self.strides.append(s)
-            s //= 2
-        self.strides.append(1)
+        self.strides = decoder_strides(coarsest.stride)  # coarsest, coarsest/2, ..., 1
 
         self.entry = nn.Conv2d(coarsest.channels, width, kernel_size=1)  # score (or project) the coarsest map
-        self.steps = nn.ModuleList(
-            UpStep(
-                upsample,
-                width,
-                unpool_channels=self.by_stride[s].channels if s in self.by_stride else width,
-                relu=concat,
-            )
-            for s in self.strides[:-1]
-        )
+        self.steps = up_steps(upsample, width, self.strides, self.by_stride, relu=concat)
         # Skip layers, keyed by map name.
         self.skip_names = (
             [info.name for info in self.infos[:-1]]
@@ -194,17 +245,8 @@ class FCNHead(Head):
     # -- model ---------------------------------------------------------------
 
     def output_size(self, features: Features) -> tuple[int, int]:
-        """The (H, W) of the input images: recorded by the first pooling when there is one, else ``input_size``
-        when the finest map has its size at ``input_size``, else that map's size times its stride (images of
-        another size, e.g. an export at another input size)."""
-        finest = self.infos[0]
-        if finest.stride == 2 and finest.name in features.pool_indices:
-            h, w = features.pool_indices[finest.name][1]
-            return int(h), int(w)
-        h, w = (int(v) for v in features.maps[finest.name].shape[-2:])
-        if (h, w) == tuple(math.ceil(v / finest.stride) for v in self.input_size):
-            return self.input_size
-        return h * finest.stride, w * finest.stride
+        """The (H, W) of the input images (:func:`image_size`)."""
+        return image_size(self.infos, self.input_size, features)
 
     def forward(self, features: Features) -> Tensor:
         """:class:`Features` → logits (B, num_classes, H, W), (H, W) as :meth:`output_size`."""
@@ -214,21 +256,14 @@ class FCNHead(Head):
         x = self.entry(self.dropout(maps[self.infos[-1].name]))
         for step, s in zip(self.steps, self.strides[:-1], strict=True):
             t = s // 2
-            if t in self.by_stride and self.by_stride[t].name in maps:
-                size = tuple(maps[self.by_stride[t].name].shape[-2:])
-            else:
-                size = (math.ceil(out_h / t), math.ceil(out_w / t))
-            pool = None
-            if s in self.by_stride:
-                pool = features.pool_indices.get(self.by_stride[s].name)
-            x = step(x, size, pool)  # (B, width, size)
+            x = step(x, step_size(self.by_stride, features, t, (out_h, out_w)), step_pool(self.by_stride, features, s))
             if t in skip_at:
                 name = skip_at[t]
                 if self.skips == "concat":
                     x = F.relu(self.skip_layers[name](torch.cat([x, maps[name]], dim=1)))
                 else:
                     x = x + self.skip_layers[name](maps[name])
-        return _fit(self.classifier(x), (out_h, out_w))
+        return fit_size(self.classifier(x), (out_h, out_w))
 
     def loss(self, outputs: Tensor, batch: Batch) -> dict[str, Tensor]:
         """Cross-entropy of logits (B, num_classes, H, W) against ``batch["mask"]`` (B, H, W), averaged
@@ -302,13 +337,8 @@ def fcn(
         )
     infos = sorted(context.features, key=lambda info: info.stride)
     names = [info.name for info in infos]
-    if upsample == "unpool" and "pool_indices" not in context.backbone_provides:
-        raise ChainError(
-            f"head 'fcn': upsample 'unpool' needs max-pooling indices, which backbone "
-            f"'{context.backbone_name}' does not provide; backbones providing pool indices ('vgg', or 'torchvision' "
-            f"with a VGG model such as vgg16_bn) can, "
-            f"or use upsample 'transposed' or 'bilinear'"
-        )
+    if upsample == "unpool":
+        require_pool_indices(context, "fcn")
     needed = _SCORE_SKIPS.get(skips, 0) + 1
     if len(infos) < needed:
         raise ChainError(

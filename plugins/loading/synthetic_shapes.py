@@ -4,7 +4,8 @@ Every sample is drawn on the fly from ``(seed, index)`` alone, so any sample
 can be read in any order, in any DataLoader worker, and is always the same.
 One generator serves classification (one shape per image), segmentation and
 detection (``min_objects..max_objects`` shapes per image; the same scene for
-both tasks at the same index).
+both tasks at the same index), and reconstruction (the classification images,
+without their labels).
 """
 
 from __future__ import annotations
@@ -162,9 +163,11 @@ class ShapesSource(SampleSource):
         if not -len(self) <= i < len(self):
             raise IndexError(f"synthetic_shapes: index {index} out of range for {len(self)} images")
         i %= len(self)
-        single = self.task == "classification"
+        single = self.task in ("classification", "reconstruction")  # one shape per image
         scene = render(self.cfg, i, num_objects=1 if single else None)
         sample: Sample = {"id": f"synthetic_shapes:{i}", "image": scene.image}
+        if self.task == "reconstruction":
+            return sample  # an image and nothing else
         if single:
             sample["label"] = scene.classes[0]
         elif self.task == "segmentation":
@@ -183,7 +186,7 @@ class ShapesSource(SampleSource):
 class SyntheticShapes(Loader):
     """The loader :func:`synthetic_shapes` returns."""
 
-    tasks = ("classification", "segmentation", "detection")
+    tasks = ("classification", "segmentation", "detection", "reconstruction")
 
     def __init__(self, cfg: ShapesConfig) -> None:
         self.cfg = cfg
@@ -197,7 +200,7 @@ class SyntheticShapes(Loader):
                 "(every image holds exactly one shape); it applies to segmentation and detection"
             )
         names = list(self.cfg.shapes)
-        class_names = ["background", *names] if task == "segmentation" else names
+        class_names = ["background", *names] if task == "segmentation" else [] if task == "reconstruction" else names
         return LoadedData(class_names=class_names, splits={"all": ShapesSource(self.cfg, task)})
 
 
@@ -223,7 +226,7 @@ def synthetic_shapes(
     seed: Annotated[int, Field(ge=0)] = 0,
     empty_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0,
 ) -> Loader:
-    """Synthetic images of coloured shapes, for classification, segmentation and detection.
+    """Synthetic images of coloured shapes, for classification, segmentation, detection and reconstruction.
 
     - ``num_images``: number of images (≥ 1); the pipeline splits them.
     - ``size``: image side in pixels (8..4096); images are (size, size, 3) uint8 RGB.
@@ -241,7 +244,8 @@ def synthetic_shapes(
     Targets: classification ``label`` = index in ``shapes``; segmentation
     ``mask`` with 0 = background and ``index + 1`` per shape (class names
     ``["background", *shapes]``); detection ``boxes`` = tight xyxy boxes of each
-    whole shape (x2, y2 = last pixel + 1) and ``labels`` = index in ``shapes``.
+    whole shape (x2, y2 = last pixel + 1) and ``labels`` = index in ``shapes``;
+    reconstruction: none (the classification images, one shape each, unlabelled).
     """
     # ranges and choices are in the signature (the registry validates them); what relates two parameters:
     _check(len(set(shapes)) == len(shapes), f"shapes lists a shape twice: {list(shapes)}")

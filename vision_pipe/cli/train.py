@@ -114,7 +114,8 @@ def _check(args: argparse.Namespace) -> int:
     names = pipe.class_names
     print(f"{args.pipeline}: OK — pipeline '{cfg.name}', task {cfg.task}")
     shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
-    print(f"  loading       {cfg.data.loader['name']}  ({len(names)} classes: {shown})")
+    classes = f"{len(names)} classes: {shown}" if names else "images only, no classes"
+    print(f"  loading       {cfg.data.loader['name']}  ({classes})")
     print("  split         " + ", ".join(f"{k} {len(v)}" for k, v in pipe.splits.items()))
     if cfg.data.normalization:
         given = pipe.stages["normalization"].input_stats

@@ -25,9 +25,10 @@ from vision_pipe.results import Prediction
 from vision_pipe.tasks.base import IMAGES_ONLY, Graded, Task
 from vision_pipe.tasks.classification import CLASSIFICATION
 from vision_pipe.tasks.detection import DETECTION
+from vision_pipe.tasks.reconstruction import RECONSTRUCTION
 from vision_pipe.tasks.segmentation import SEGMENTATION
 
-_REGISTERED: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION, DETECTION)}
+_REGISTERED: dict[str, Task] = {task.name: task for task in (CLASSIFICATION, SEGMENTATION, DETECTION, RECONSTRUCTION)}
 
 #: The tasks a pipeline can have.
 TASKS: tuple[str, ...] = tuple(_REGISTERED)
@@ -62,9 +63,10 @@ def task_of_prediction(prediction: Prediction) -> Task:
 
 
 def task_of_item(item: Mapping[str, Any]) -> Task:
-    """The task of a transformed sample (or batch) from the target keys it has (:data:`IMAGES_ONLY` for none)."""
+    """The task of a transformed sample (or batch) from the target keys it has (:data:`IMAGES_ONLY` for none:
+    a reconstruction sample, which has no targets, is one of images only)."""
     for task in _REGISTERED.values():
-        if task.target_keys[0] in item:
+        if task.target_keys and task.target_keys[0] in item:
             return task
     return IMAGES_ONLY
 
@@ -74,6 +76,7 @@ __all__ = [
     "DETECTION",
     "Graded",
     "IMAGES_ONLY",
+    "RECONSTRUCTION",
     "SEGMENTATION",
     "TASKS",
     "Task",

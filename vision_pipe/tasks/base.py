@@ -70,6 +70,8 @@ class Task:
     per_class_metrics: ClassVar[tuple[str, ...]] = ()
     #: The pictures :meth:`summarize` writes that a report shows (file names in the plots folder).
     report_plots: ClassVar[tuple[str, ...]] = ()
+    #: Whether the task's data has classes (a loader's ``class_names`` is then a non-empty list).
+    has_classes: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return f"<task {self.name!r}>"

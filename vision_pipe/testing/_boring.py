@@ -104,10 +104,10 @@ class BoringSource(SampleSource):
             mask = np.zeros((self.size, self.size), np.int64)
             mask[y1:y2, x1:x2] = cls + 1
             sample["mask"] = mask
-        else:
+        elif self.task == "detection":
             sample["boxes"] = np.array([[x1, y1, x2, y2]], np.float32)
             sample["labels"] = np.array([cls], np.int64)
-        return sample
+        return sample  # reconstruction: the image and nothing else
 
     def fingerprint(self) -> str:
         text = f"boring:{self.task}:{self.num_images}:{self.size}:{self.seed}"
@@ -115,7 +115,8 @@ class BoringSource(SampleSource):
 
 
 class BoringLoader(Loader):
-    """In-memory samples for every task: classes ``a`` and ``b`` (segmentation adds ``background`` first)."""
+    """In-memory samples for every task: classes ``a`` and ``b`` (segmentation adds ``background`` first;
+    reconstruction has none)."""
 
     tasks = TASKS
 
@@ -123,7 +124,7 @@ class BoringLoader(Loader):
         self.num_images, self.size, self.seed = num_images, size, seed
 
     def load(self, task: str) -> LoadedData:
-        names = ["background", "a", "b"] if task == "segmentation" else ["a", "b"]
+        names = {"segmentation": ["background", "a", "b"], "reconstruction": []}.get(task, ["a", "b"])
         source = BoringSource(task, self.num_images, self.size, self.seed, num_classes=2)
         return LoadedData(class_names=names, splits={"all": source})
 

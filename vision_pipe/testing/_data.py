@@ -66,8 +66,10 @@ def _check_loaded(loader: Loader, task: str, label: str, max_samples: int) -> No
     if not isinstance(loaded, LoadedData):
         raise _fail(label, f"load() returned {type(loaded).__name__}; it must return a vision_pipe.LoadedData")
     names = loaded.class_names
-    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+    if get_task(task).has_classes and not names:
         raise _fail(label, f"class_names must be a non-empty list of distinct strings; got {names!r}")
+    if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise _fail(label, f"class_names must be a list of distinct strings; got {names!r}")
     _check_colors(loaded.class_colors, len(names), label)
     _check_split_names(loaded.splits, label)
     for split, source in loaded.splits.items():

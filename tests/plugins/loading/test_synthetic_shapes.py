@@ -41,7 +41,16 @@ def test_registered_as_loading_stage() -> None:
     assert (info.kind, info.name) == ("loading", "synthetic_shapes")
     loader = synthetic_shapes()
     assert isinstance(loader, Loader)
-    assert loader.tasks == ("classification", "segmentation", "detection")
+    assert loader.tasks == ("classification", "segmentation", "detection", "reconstruction")
+
+
+def test_reconstruction_samples_are_the_classification_images_without_labels() -> None:
+    loader = synthetic_shapes(num_images=4, size=16)
+    unlabelled, labelled = (loader.load(task) for task in ("reconstruction", "classification"))
+    assert unlabelled.class_names == []
+    for i in range(4):
+        sample, reference = unlabelled.splits["all"][i], labelled.splits["all"][i]
+        assert set(sample) == {"id", "image"} and np.array_equal(sample["image"], reference["image"])
 
 
 @pytest.mark.parametrize(
@@ -218,7 +227,10 @@ def test_sampling_is_fast() -> None:
         ({"num_images": 0}, "num_images"),
         ({"size": 4}, "size"),
         ({"shapes": []}, "shapes"),
-        ({"shapes": ["circle", "hexagon"]}, r"shapes\[1\] must be one of 'circle', 'square', 'triangle', 'star', 'ellipse', got 'hexagon'"),
+        (
+            {"shapes": ["circle", "hexagon"]},
+            r"shapes\[1\] must be one of 'circle', 'square', 'triangle', 'star', 'ellipse', got 'hexagon'",
+        ),
         ({"shapes": ["circle", "circle"]}, "twice"),
         ({"min_size": 0.0}, "min_size"),
         ({"min_size": 0.7, "max_size": 0.5}, "min_size ≤ max_size"),
@@ -236,5 +248,5 @@ def test_invalid_parameters_raise_stage_error(params: dict[str, Any], words: str
 
 
 def test_unknown_task() -> None:
-    with pytest.raises(StageError, match="'keypoints'.*classification, segmentation, detection"):
+    with pytest.raises(StageError, match="'keypoints'.*classification, segmentation, detection, reconstruction"):
         synthetic_shapes().load("keypoints")

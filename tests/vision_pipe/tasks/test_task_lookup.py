@@ -23,24 +23,25 @@ from vision_pipe.tasks import (
 
 
 def test_one_list_of_tasks() -> None:
-    assert TASKS == ("classification", "segmentation", "detection")
+    assert TASKS == ("classification", "segmentation", "detection", "reconstruction")
     assert vision_pipe.TASKS is TASKS
     for name in TASKS:
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name
         assert task_of_prediction(task.prediction_type(id="x")) is task
-        assert task_of_item({task.target_keys[0]: None}) is task
+        # reconstruction has no targets: its items are images only
+        assert task_of_item(dict.fromkeys(task.target_keys[:1])) is (task if task.target_keys else IMAGES_ONLY)
 
 
 def test_an_unknown_task_is_a_config_error_with_did_you_mean() -> None:
     with pytest.raises(ConfigError, match=r"unknown task 'detecton'; the tasks are classification, segmentation, "
-                       r"detection\. Did you mean 'detection'\?"):  # fmt: skip
+                       r"detection, reconstruction\. Did you mean 'detection'\?"):  # fmt: skip
         get_task("detecton")
 
 
 def test_a_pipeline_with_an_unknown_task_lists_the_tasks(tiny_config) -> None:
     tiny_config["task"] = "segmentaton"
-    with pytest.raises(ConfigError, match="'classification', 'segmentation' or 'detection'"):
+    with pytest.raises(ConfigError, match="'classification', 'segmentation', 'detection' or 'reconstruction'"):
         Pipeline.from_dict(tiny_config)
 
 

@@ -1,0 +1,133 @@
+"""Pretraining on unlabelled images: an autoencoder's backbone fine-tuned on a few labelled images, against the
+same backbone from scratch.
+
+Target (issue #15, section 3): learning from unlabelled images helps a small labelled task
+with the same budget (epochs, learning-rate schedule) in both arms.
+
+    .venv/bin/python bench/autoencoder_pretrain.py [--seeds 2] [--epochs 30] [--train-images 150]
+                                                   [--pretrain-epochs 8] [--pretrain-images 3000]
+                                                   [--workers W] [key=value ...]
+
+- pretraining (once, a real ``Pipeline.fit()`` of ``pipelines/shapes_autoencoder.yaml``: VGG-11
+  width 16 with batch norm, the ``autoencoder`` head, transposed-conv decoder, MSE, gaussian
+  noise 0.1): ``--pretrain-images`` images of ``synthetic_shapes`` loader seed 1 are written
+  as PNG files into a folder and read back, without labels, by the ``unlabelled_folder``
+  loader; split 0.8 / 0.1 / 0.1; best.ckpt by val/psnr;
+- fine-tuning (``pipelines/shapes_from_autoencoder.yaml``, its 3 classes: circle, square,
+  triangle), images of loader seed 0: ``--train-images`` for training, a third of that for
+  validation (picks best.ckpt), twice that for the test. Two arms per seed, from the same
+  overrides: (a) from scratch (``model.backbone.weights=null``, He init), (b)
+  ``model.backbone.weights`` = the pretraining run's folder (its best.ckpt's ``backbone.*``
+  tensors, strictly). Same split per seed in both arms (checked from ``splits.json``).
+
+Every fine-tuning arm: ``--epochs`` epochs, cosine schedule, no early stopping, Adam lr
+0.002, the YAML's augmentation, an empty statistics cache of its own. The script checks that
+no fine-tuning test image is among the pretraining images (by their pixels) and reads the
+tensors loaded from ``weights.json``. Prints the pretraining PSNR and time (paid once), each
+seed's test accuracy per arm, then mean ± sample std and the range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+from _job import device_name
+from transfer import every_job, image_hashes, job, run_dir, same_budget, spread
+
+from vision_pipe_plugins.loading.synthetic_shapes import synthetic_shapes
+
+
+def write_unlabelled(folder: Path, count: int, seed: int) -> None:
+    """``count`` images of the shapes YAML's generator (48 px, loader ``seed``) as PNG files, no labels."""
+    folder.mkdir(parents=True)
+    source = synthetic_shapes(num_images=count, size=48, seed=seed).load("reconstruction").splits["all"]
+    for i in range(len(source)):
+        cv2.imwrite(str(folder / f"{i:05d}.png"), source[i]["image"][:, :, ::-1])
+
+
+def pretrain_overrides(args: argparse.Namespace, images: Path, out: Path) -> list[str]:
+    return [
+        f"data.loader={{name: unlabelled_folder, root: {images}}}",
+        "data.split=[0.8,0.1,0.1]",
+        *same_budget(args.pretrain_epochs),
+        *every_job(args, out),
+    ]
+
+
+def finetune_overrides(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
+    """One arm's overrides for ``seed``: train / val / test = n, n/3, 2n images of loader seed 0."""
+    n = args.train_images
+    val, test = n // 3, 2 * n
+    total = n + val + test
+    return [
+        f"seed={seed}",
+        "data.loader.seed=0",
+        f"data.loader.num_images={total}",
+        f"data.split=[{n / total},{val / total},{test / total}]",
+        *same_budget(args.epochs),
+        *every_job(args, out),
+        *args.overrides,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds 0..N-1 (both arms each)")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of both arms")
+    parser.add_argument("--train-images", type=int, default=150, help="fine-tuning training images")
+    parser.add_argument("--pretrain-epochs", type=int, default=8)
+    parser.add_argument("--pretrain-images", type=int, default=3000, help="unlabelled pretraining images")
+    parser.add_argument("--workers", type=int, help="DataLoader workers of every job (default: the YAML's, auto)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both fine-tuning arms")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        write_unlabelled(out / "unlabelled", args.pretrain_images, seed=1)
+        pre = job(
+            pretrain_overrides(args, out / "unlabelled", out / "pretrain"), out / "cache" / "pre", "shapes_autoencoder"
+        )
+        pretrain_images = set().union(*(image_hashes(source) for source in pre.pipe.splits.values()))
+        rows = []
+        for seed in range(args.seeds):
+            base = finetune_overrides(args, seed, out / f"seed{seed}")
+            name = "shapes_from_autoencoder"
+            scratch = job([*base, "model.backbone.weights=null"], out / "cache" / f"scratch{seed}", name)
+            tuned = job([*base, f"model.backbone.weights={run_dir(pre)}"], out / "cache" / f"tuned{seed}", name)
+            splits = [(run_dir(arm) / "splits.json").read_text() for arm in (scratch, tuned)]
+            assert splits[0] == splits[1], f"seed {seed}: the arms' splits differ"
+            report = json.loads((run_dir(tuned) / "weights.json").read_text())
+            shared = len(image_hashes(tuned.pipe.splits["test"]) & pretrain_images)
+            rows.append((seed, scratch, tuned, report, shared))
+    sizes = {k: len(v) for k, v in rows[0][1].pipe.splits.items()}
+    print()
+    print(f"device: {device_name()}")
+    print(
+        f"pretraining (autoencoder, unlabelled_folder): {len(pre.pipe.splits['train'])} training images, "
+        f"{pre.epochs} epochs: test/psnr {pre.test['test/psnr']:.2f} dB, fit + test {pre.seconds:.1f} s (paid once)"
+    )
+    print(
+        f"fine-tuning: classes {', '.join(rows[0][1].pipe.class_names)}, train / val / test {sizes['train']} / "
+        f"{sizes['val']} / {sizes['test']} images, {args.epochs} epochs, cosine schedule, same split per seed"
+    )
+    print(
+        f"{'seed':>4} {'scratch test/acc':>16} {'pretrained test/acc':>19} {'scratch s':>9} {'pretrained s':>12}  weights"
+    )
+    for seed, scratch, tuned, report, shared in rows:
+        loaded = f"{report['loaded']} tensors loaded, {len(report['missing'])} missing"
+        overlap = f"test images among pretraining images: {shared}"
+        print(
+            f"{seed:>4} {scratch.test['test/acc']:>16.4f} {tuned.test['test/acc']:>19.4f} "
+            f"{scratch.seconds:>9.1f} {tuned.seconds:>12.1f}  {loaded}; {overlap}"
+        )
+    print(f"scratch    test/acc: {spread(r[1].test['test/acc'] for r in rows)}")
+    print(f"pretrained test/acc: {spread(r[2].test['test/acc'] for r in rows)}")
+    gains = [r[2].test["test/acc"] - r[1].test["test/acc"] for r in rows]
+    print(f"gain (pretrained − scratch, per seed): {spread(gains)}")
+
+
+if __name__ == "__main__":
+    main()
