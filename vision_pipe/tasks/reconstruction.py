@@ -29,7 +29,7 @@ from vision_pipe.errors import DataError
 from vision_pipe.io import write_png
 from vision_pipe.results import Prediction, ReconstructionPrediction
 from vision_pipe.samples import IGNORE_INDEX
-from vision_pipe.tasks.base import Task
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -125,6 +125,11 @@ class ReconstructionTask(Task):
         prediction = cast(ReconstructionPrediction, prediction)
         h, w = prediction.image.shape[:2]
         return f"{prediction.id}: reconstruction {w}x{h}, PSNR {prediction.psnr:.2f} dB"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """The reconstruction's PSNR (dB) against the model's input: the image is its own target."""
+        prediction = cast(ReconstructionPrediction, prediction)
+        return Graded(prediction.psnr, f"PSNR {prediction.psnr:.2f} dB", prediction)
 
 
 def pixels01(images: Tensor) -> Tensor:

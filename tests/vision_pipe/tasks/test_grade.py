@@ -41,3 +41,13 @@ def test_detection_grades_by_f1_at_iou_half_of_the_sure_detections():
     assert graded.caption == "1 of 2 object(s) found, 2 detection(s), F1 0.50"
     empty = DetectionPrediction("e")
     assert get_task("detection").grade(empty, {"boxes": np.zeros((0, 4)), "labels": np.zeros(0)}, NAMES).score == 1.0
+
+
+def test_reconstruction_grades_by_its_psnr():
+    from vision_pipe import ReconstructionPrediction
+
+    better = ReconstructionPrediction("a", np.zeros((4, 4, 3), np.uint8), psnr=21.5)
+    worse = ReconstructionPrediction("b", np.zeros((4, 4, 3), np.uint8), psnr=12.25)
+    task = get_task("reconstruction")
+    graded = [task.grade(p, {}, []) for p in (better, worse)]
+    assert [g.score for g in graded] == [21.5, 12.25] and graded[1].caption == "PSNR 12.25 dB"
