@@ -239,6 +239,7 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         channels_last=cfg.model.channels_last,
         compile=cfg.model.compile,
         unfreeze=(unfreeze_at, frozen) if unfreeze_at is not None else None,
+        adversarial=cfg.training.adversarial,
     )
     module.weights_report = weights_report
     if from_checkpoint is None:  # to be trained: what no output depends on gets no gradient to wait for under DDP

@@ -24,7 +24,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from vision_pipe.config import OptimizerConfig, SchedulerConfig
+from vision_pipe.adversarial import mix_adversarial
+from vision_pipe.config import AdversarialTrainingConfig, OptimizerConfig, SchedulerConfig
 from vision_pipe.finetune import UnfreezeBackbone, WeightsReport
 from vision_pipe.guards import any_nonfinite
 from vision_pipe.stages import Backbone, Batch, Head, Normalizer
@@ -43,6 +44,8 @@ class PipelineModule(pl.LightningModule):
     ``unfreeze``: ``(epoch, names)`` of ``unfreeze_at_epoch``: the named (frozen) backbone parameters
     are in the optimizer's ``backbone`` group from the start and train from that epoch on
     (:class:`~vision_pipe.finetune.UnfreezeBackbone`).
+    ``adversarial``: ``training.adversarial`` (:func:`~vision_pipe.adversarial.mix_adversarial`); logs
+    ``train/adversarial_fraction``.
     ``compile``: ``False``, or a ``torch.compile`` mode (``True`` = ``"default"``)
     with which the backbone is compiled in place when a Trainer sets the module up
     (parameter names, hence checkpoints, are unchanged).
@@ -64,6 +67,7 @@ class PipelineModule(pl.LightningModule):
         channels_last: bool = False,
         compile: bool | str = False,
         unfreeze: tuple[int, Sequence[str]] | None = None,
+        adversarial: AdversarialTrainingConfig | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -90,6 +94,8 @@ class PipelineModule(pl.LightningModule):
         self.weights_report: WeightsReport | None = None
         #: parameters no output depends on, frozen at build (:func:`~vision_pipe.finetune.freeze_unused`)
         self.unused_parameters: list[str] = []
+        #: ``training.adversarial``: part of each training batch replaced by its adversarial version
+        self.adversarial = adversarial
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -114,8 +120,13 @@ class PipelineModule(pl.LightningModule):
     # -- steps --------------------------------------------------------------
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        outputs = self(batch["image"])
+        images, replaced = batch["image"], 0
+        if self.adversarial is not None:
+            images, replaced = mix_adversarial(self, batch, self.adversarial)
+        outputs = self(images)
         losses = self.head.loss(outputs, batch)
+        if self.adversarial is not None:  # logged as train/adversarial_fraction: the share of attacked images
+            losses = {**losses, "adversarial_fraction": torch.tensor(replaced / images.shape[0], device=images.device)}
         if self.skip_nonfinite and any_nonfinite(self.trainer, losses["loss"]):
             self.skipped_batches += 1
             return None  # Lightning skips this batch's backward pass and optimizer step

@@ -78,9 +78,17 @@ def fresh_name(folder: Path, base: str) -> str:
 
 
 def make_trainer(
-    config: PipelineConfig, run_dir: Path, *, action: str, callbacks: Sequence[pl.Callback] = ()
+    config: PipelineConfig,
+    run_dir: Path,
+    *,
+    action: str,
+    callbacks: Sequence[pl.Callback] = (),
+    gradients: bool = False,
 ) -> tuple[pl.Trainer, Any]:
     """A Trainer for ``action`` (``fit``, ``validate``, ``test``) writing into ``run_dir``.
+
+    ``gradients``: evaluation runs under ``torch.no_grad`` rather than ``torch.inference_mode``, so that
+    a callback may compute gradients with ``torch.enable_grad`` (an adversarial attack's).
 
     Returns ``(trainer, checkpoint_callback)``; the checkpoint callback is ``None``
     unless training. Each trainer logs into directories of its own
@@ -135,6 +143,8 @@ def make_trainer(
         ),
     ]
     options = dict(config.trainer)
+    if gradients:
+        options["inference_mode"] = False
     plugins = options.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own checkpoint IO wins

@@ -57,6 +57,8 @@ class Task:
     prediction_type: ClassVar[type[Prediction]] = Prediction
     #: The keys of a sample's (and a batch's) targets; the first one tells the task of a collated item.
     target_keys: ClassVar[tuple[str, ...]] = ()
+    #: The summary key that measures the task in one number (``acc``, ``miou``, ``map_50``; robustness curves plot it).
+    primary_metric: ClassVar[str] = ""
 
     def __repr__(self) -> str:
         return f"<task {self.name!r}>"

@@ -37,6 +37,7 @@ class ClassificationTask(Task):
     name = "classification"
     prediction_type = ClassificationPrediction
     target_keys = ("label",)
+    primary_metric = "acc"
 
     # -- samples ---------------------------------------------------------------
 

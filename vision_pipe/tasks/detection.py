@@ -54,6 +54,7 @@ class DetectionTask(Task):
     name = "detection"
     prediction_type = DetectionPrediction
     target_keys = ("boxes", "labels", "difficult")
+    primary_metric = "map_50"
 
     # -- samples ---------------------------------------------------------------
 

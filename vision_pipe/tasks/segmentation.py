@@ -35,6 +35,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     prediction_type = SegmentationPrediction
     target_keys = ("mask",)
+    primary_metric = "miou"
 
     # -- samples ---------------------------------------------------------------
 
