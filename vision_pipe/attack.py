@@ -152,9 +152,8 @@ class AttackEvaluation(pl.Callback):
         plot_attack_curves({self.spec.method: curve}, metric, plots / f"{self.spec.method}_curve.png")
         if self._examples:
             title = f"{self.spec.method} eps={self.eps[-1]:g}/255"
-            write_png(
-                plots / f"{self.spec.method}_examples.png", examples_figure(self._examples, title, self.class_colors)
-            )
+            figure = examples_figure(self._examples, title, self.class_colors)
+            write_png(plots / f"{self.spec.method}_examples.png", figure, compression=9)
 
 
 def _module(pl_module: pl.LightningModule) -> PipelineModule:
