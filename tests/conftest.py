@@ -50,6 +50,20 @@ def tiny_config(tmp_path: Path) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``last.ckpt`` of the tiny pipeline fitted for one epoch, once per test module."""
+    from vision_pipe import Pipeline
+
+    config = copy.deepcopy(TINY)
+    config["output_dir"] = str(tmp_path_factory.mktemp("runs"))
+    config["trainer"]["max_epochs"] = 1
+    pipe = Pipeline.from_dict(config)
+    pipe.fit()
+    assert pipe.run_dir is not None
+    return pipe.run_dir / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture
 def write_yaml(tmp_path: Path):
     """``write_yaml(name, data_or_text) -> Path`` writes a YAML file under ``tmp_path``."""

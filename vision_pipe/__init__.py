@@ -68,7 +68,10 @@ from vision_pipe.tasks import TASKS
 
 if TYPE_CHECKING:
     from vision_pipe.checkpoints import load_weights_file
+    from vision_pipe.inspect import inspect_model
     from vision_pipe.pipeline import Pipeline
+    from vision_pipe.report import rebuild_report, write_report
+    from vision_pipe.run_table import RunSummary, find_runs, load_run, plot_comparison, summarize_runs
     from vision_pipe.similar import find_similar
     from vision_pipe.stages import (
         KINDS,
@@ -109,6 +112,18 @@ _STAGE_NAMES = frozenset(
     }
 )
 
+#: Runs side by side and their reports (:mod:`vision_pipe.run_table`, :mod:`vision_pipe.report`), imported when
+#: first asked for.
+_RUN_NAMES = {
+    "RunSummary": "vision_pipe.run_table",
+    "find_runs": "vision_pipe.run_table",
+    "load_run": "vision_pipe.run_table",
+    "plot_comparison": "vision_pipe.run_table",
+    "summarize_runs": "vision_pipe.run_table",
+    "rebuild_report": "vision_pipe.report",
+    "write_report": "vision_pipe.report",
+}
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -139,6 +154,7 @@ __all__ = [
     "Pipeline",
     "PluginError",
     "Prediction",
+    "RunSummary",
     "Sample",
     "SampleSource",
     "SegmentationPrediction",
@@ -159,26 +175,33 @@ __all__ = [
     "check_mask",
     "did_you_mean",
     "file_stamp",
+    "find_runs",
     "find_similar",
     "fmt_box",
     "fs_key",
     "hookimpl",
     "image_header_size",
+    "inspect_model",
     "is_image_file",
     "list_files",
     "list_images",
+    "load_run",
     "load_weights_file",
     "max_image_pixels",
     "parse_classes",
+    "plot_comparison",
     "read_class_file",
     "read_image",
+    "rebuild_report",
     "require_dir",
     "require_file",
     "resolve_inside",
     "pack_targets",
     "stage",
+    "summarize_runs",
     "voc_palette",
     "write_png",
+    "write_report",
 ]
 
 
@@ -193,10 +216,18 @@ def __getattr__(name: str) -> Any:
         from vision_pipe.checkpoints import load_weights_file
 
         return load_weights_file
+    if name == "inspect_model":  # runs the model with torch: imported when it is used
+        from vision_pipe.inspect import inspect_model
+
+        return inspect_model
     if name == "find_similar":  # embeds with torch: imported when it is used
         from vision_pipe.similar import find_similar
 
         return find_similar
+    if name in _RUN_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_RUN_NAMES[name]), name)
     if name in _STAGE_NAMES:
         import vision_pipe.stages
 

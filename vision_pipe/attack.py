@@ -147,7 +147,7 @@ class AttackEvaluation(pl.Callback):
         if plots is None or not trainer.is_global_zero:
             return
         task = get_task(module.head.task)
-        metric = task.primary_metric or next(iter(self.results[self.eps[0]]))
+        metric = (task.main_metrics or tuple(self.results[self.eps[0]]))[0]
         curve = {eps: values.get(metric, float("nan")) for eps, values in self.results.items()}
         plot_attack_curves({self.spec.method: curve}, metric, plots / f"{self.spec.method}_curve.png")
         if self._examples:

@@ -4,6 +4,8 @@ vision-pipe does not distribute anything itself: ``trainer: {strategy: ddp,
 devices: N, num_nodes: M}`` hands the run to Lightning, which starts the other
 processes (or finds them started by SLURM / torchrun). What this module adds:
 
+(Which process is rank 0 is read from the environment by :mod:`vision_pipe.ranks`, without torch.)
+
 - **Rank 0 first.** The pre-flight pass and the normalization fit are done once,
   by rank 0, and cached on disk (keyed by the data's fingerprint); the other
   processes wait for the cache file and read it (:func:`wait_for_rank_zero`).
@@ -43,36 +45,13 @@ from typing import Any
 
 from torch.utils.data import Dataset, Sampler
 
-#: Environment variables that hold a process's rank, as set by torchrun (RANK), SLURM
-#: (SLURM_PROCID) and Lightning's own launcher (NODE_RANK, LOCAL_RANK for the processes it starts).
-_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+from vision_pipe.ranks import is_secondary_process
+
 #: Seconds a secondary process waits for rank 0's cache: below torch.distributed's default
 #: process-group timeout (30 minutes), so the wait never outlasts the group it waits for.
 DEFAULT_TIMEOUT = 1500.0
 #: The environment variable naming rank 0's marker in the cache folder (inherited by the ranks it launches).
 MARKER_ENV = "VISION_PIPE_RANK0_MARKER"
-
-
-def _int_env(name: str) -> int:
-    try:
-        return int(os.environ.get(name, "0") or 0)
-    except ValueError:
-        return 0
-
-
-def is_secondary_process() -> bool:
-    """True in a process of a multi-process run that is not global rank 0.
-
-    Read from the launcher's environment, so it works before any process group
-    exists (the pre-flight pass and the normalization fit run before the Trainer).
-    ``SLURM_PROCID`` counts only in a job step of several tasks.
-    """
-    for name in _RANK_VARIABLES:
-        if name == "SLURM_PROCID" and _int_env("SLURM_NTASKS") <= 1:
-            continue
-        if _int_env(name) != 0:
-            return True
-    return False
 
 
 def wait_for_rank_zero(path: Path, what: str, *, timeout: float | None = None, poll: float = 0.5) -> bool:

@@ -6,7 +6,8 @@ built-in ones do:
 
 - :func:`read_image` — any file → (H, W, 3) uint8 RGB (EXIF-aware, 8/16 bit, grey, BGRA), its size
   checked from the header against :func:`max_image_pixels` (``data.max_image_pixels``) before decoding;
-- :func:`set_max_image_pixels` / :func:`check_image_pixels` / :func:`image_header_size` — that cap;
+- :func:`set_max_image_pixels` / :func:`check_image_pixels` / :func:`image_header_size` — that cap
+  (:func:`sniff_image_size` reads a PNG's or JPEG's size from its first bytes);
 - :func:`list_images` — the visible image files of a folder, sorted;
 - :func:`require_dir` / :func:`require_file` — a :class:`DataError` naming the path and the fix;
 - :func:`resolve_inside` — a path an annotation file gives, kept inside its dataset folder;
@@ -14,12 +15,15 @@ built-in ones do:
   the bytes a fingerprint hashes (any file name, UTF-8 or not);
 - :func:`atomic_write_text` / :func:`atomic_write_bytes` / :func:`atomic_torch_save` — a
   reader (or a later run) never sees a half-written file;
-- :func:`write_png` — an image or a class-id mask as a PNG, atomically;
+- :func:`write_png` / :func:`encode_png` — an image or a class-id mask as a PNG (atomically) or PNG bytes;
+- :func:`read_json_object` — a JSON object file, `{}` when missing or broken;
 - :data:`SPLITS`, :data:`IMAGE_EXTENSIONS`, :data:`IMAGE_EXTENSION_LIST`.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import warnings
@@ -113,16 +117,32 @@ def check_image_pixels(
         )
 
 
-def image_header_size(path: str | Path, what: str = "image") -> tuple[int, int] | None:
-    """``(width, height)`` from the image file's header (nothing is decoded); ``None`` if Pillow cannot tell.
+def image_header_size(
+    path: str | Path, what: str = "image", data: bytes | memoryview | None = None
+) -> tuple[int, int] | None:
+    """``(width, height)`` from the image file's header (nothing is decoded); ``None`` if it cannot be told.
 
-    An image so large that Pillow refuses even to open it (a decompression bomb)
-    is a :class:`DataError` naming the file (``what`` says what it is) and ``data.max_image_pixels``.
+    ``data``: the file's bytes when the caller has read them already. PNG and JPEG
+    headers are parsed directly (:func:`sniff_image_size`, microseconds); other
+    formats through Pillow. An image so large that Pillow refuses even to open it
+    (a decompression bomb) is a :class:`DataError` naming the file (``what`` says
+    what it is) and ``data.max_image_pixels``.
     """
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_SNIFF_BYTES)
+        except OSError:
+            return None
+        size = sniff_image_size(head)
+    else:
+        size = sniff_image_size(data)
+    if size is not None:
+        return size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap decides, not Pillow
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data) if data is not None else path) as im:
                 return int(im.size[0]), int(im.size[1])
     except Image.DecompressionBombError as exc:
         raise DataError(
@@ -131,6 +151,46 @@ def image_header_size(path: str | Path, what: str = "image") -> tuple[int, int] 
         ) from exc
     except Exception:  # not an image Pillow knows: OpenCV has the last word
         return None
+
+
+#: How much of a file :func:`image_header_size` reads to find a PNG's or a JPEG's size (JPEG's EXIF
+#: block comes before its frame header and can be up to 64 KiB).
+_SNIFF_BYTES = 1 << 17
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic ...; not DHT C4, JPG C8, DAC CC).
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def sniff_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """``(width, height)`` of a PNG (its IHDR chunk) or a JPEG (its first start-of-frame segment) from the
+    file's first bytes; ``None`` for another format or a header that cannot be parsed."""
+    head = bytes(data[:_SNIFF_BYTES])
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(head):
+        if head[i] != 0xFF:
+            return None  # not at a marker: a damaged header; let the decoders decide
+        marker = head[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(head[i + 2 : i + 4], "big")
+        if marker in _JPEG_FRAMES:
+            if i + 9 > len(head) or length < 7:
+                return None
+            height = int.from_bytes(head[i + 5 : i + 7], "big")
+            width = int.from_bytes(head[i + 7 : i + 9], "big")
+            return width, height
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image / start of scan before any frame header
+            return None
+        i += 2 + length
+    return None
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
@@ -144,13 +204,13 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     path = Path(path)
     if not path.is_file():
         raise DataError(f"cannot read image {path}: file is missing")
-    size = image_header_size(path)
-    if size is not None:
-        check_image_pixels(path, *size, max_pixels=max_pixels)
     try:
         data = np.fromfile(path, dtype=np.uint8)  # works for any path, unlike cv2.imread
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
+    size = image_header_size(path, data=data.data)
+    if size is not None:
+        check_image_pixels(path, *size, max_pixels=max_pixels)
     try:
         # ANYDEPTH | ANYCOLOR keeps 16-bit and gray images and applies the EXIF orientation (UNCHANGED does not)
         image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
@@ -294,15 +354,30 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_png(path: Path, array: np.ndarray, *, compression: int | None = None) -> Path:
-    """Write ``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as a PNG, atomically; return ``path``.
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is missing, unreadable or holds no object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def encode_png(array: np.ndarray, what: str = "an image", *, compression: int | None = None) -> bytes:
+    """``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as PNG bytes; ``what`` names it in the error.
 
     ``compression``: zlib level 0-9 (default: OpenCV's, fast); 9 for the smallest file (figures)."""
     params = [cv2.IMWRITE_PNG_COMPRESSION, compression] if compression is not None else []
     ok, data = cv2.imencode(".png", array, params)
     if not ok:
-        raise DataError(f"could not encode {path} as PNG (array {array.dtype} {array.shape})")
-    atomic_write_bytes(path, data.tobytes())
+        raise DataError(f"could not encode {what} as PNG (array {array.dtype} {array.shape})")
+    return bytes(data.tobytes())
+
+
+def write_png(path: Path, array: np.ndarray, *, compression: int | None = None) -> Path:
+    """Write ``array`` (BGR (H, W, 3), or (H, W) 8/16-bit) as a PNG, atomically; return ``path``
+    (``compression`` as in :func:`encode_png`)."""
+    atomic_write_bytes(path, encode_png(array, str(path), compression=compression))
     return path
 
 
@@ -323,6 +398,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_image_pixels",
+    "encode_png",
     "file_stamp",
     "fs_key",
     "image_header_size",
@@ -331,10 +407,12 @@ __all__ = [
     "list_images",
     "max_image_pixels",
     "read_image",
+    "read_json_object",
     "require_dir",
     "require_file",
     "resolve_inside",
     "set_max_image_pixels",
+    "sniff_image_size",
     "to_rgb",
     "write_png",
 ]

@@ -325,12 +325,16 @@ def run_stages(
     images: Tensor, normalizer: Normalizer | None, backbone: Backbone, head: Head, channels_last: bool = False
 ) -> Any:
     """(B, 3, H, W) uint8 or float in [0, 255] → normalization → backbone → the head's raw outputs."""
+    return head(backbone(normalize_images(images, normalizer, channels_last)))
+
+
+def normalize_images(images: Tensor, normalizer: Normalizer | None, channels_last: bool = False) -> Tensor:
+    """(B, 3, H, W) uint8 or float in [0, 255] → the backbone's float input: normalized (when there is a
+    normalizer), in the NHWC memory format when ``channels_last``."""
     x = images.float()
     if normalizer is not None:
         x = normalizer(x)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return head(backbone(x))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class InferenceModel(nn.Module):

@@ -35,7 +35,7 @@ from vision_pipe.checkpoints import allowed_globals, read_checkpoint
 from vision_pipe.config import AttackConfig, PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 from vision_pipe.data import PipelineDataModule, cached_num_workers
-from vision_pipe.distributed import share_cache, wait_for_rank_zero
+from vision_pipe.distributed import is_secondary_process, share_cache, wait_for_rank_zero
 from vision_pipe.errors import VisionPipeError
 from vision_pipe.image_cache import cache_splits
 from vision_pipe.plugins import PluginManager
@@ -43,6 +43,7 @@ from vision_pipe.predict import LazyImages, predict_batches, predict_device
 from vision_pipe.preflight import PreflightReport, apply_report, empty_class_warning, run_preflight
 from vision_pipe.preflight import cache_path as preflight_cache_path
 from vision_pipe.render import prepare_out_dir, write_predictions
+from vision_pipe.report import write_report
 from vision_pipe.results import Prediction
 from vision_pipe.resume import check_resume_checkpoint
 from vision_pipe.runs import RunArtifacts, discard_run_dir, open_run_dir, record_preflight, run_dir_of, scalars
@@ -387,10 +388,13 @@ class Pipeline:
         as weights only unless ``trust`` (files you trust only).
 
         Returns flat metrics (``test/acc``, ``test/acc_top5``, ...), also merged
-        into the run's ``metrics.json``; plots go to ``plots/test/``.
+        into the run's ``metrics.json``; plots go to ``plots/test/``; then the run's
+        ``report.html`` is written (:func:`vision_pipe.report.write_report`).
         """
         _, artifacts = self._evaluate("test", ckpt, trust)
         metrics = artifacts.metrics
+        if not is_secondary_process():
+            write_report(self)
         self.manager.hook.vision_pipe_after_test(pipeline=self, run_dir=self.run_dir, metrics=metrics)
         return metrics
 

@@ -13,7 +13,7 @@ are drawn, so they are never all in memory). Writing the results is
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from vision_pipe.errors import ConfigError, DataError
 from vision_pipe.io import read_image
 from vision_pipe.module import PipelineModule
 from vision_pipe.results import Prediction
-from vision_pipe.stages import Sample
+from vision_pipe.stages import Batch, Sample
 
 
 def predict_sample(i: int, item: Any) -> Sample:
@@ -90,6 +90,20 @@ def autocast_dtype(device: torch.device, precision: Any) -> torch.dtype | None:
     return None
 
 
+def input_batches(
+    items: Sequence[Any], input_size: tuple[int, int], batch_size: int
+) -> Iterator[tuple[list[Sample], Batch]]:
+    """``items`` (paths or arrays) ``batch_size`` at a time, in order: the samples as read
+    (:func:`predict_sample`) and their collated batch after the prediction transform (resize to ``input_size``):
+    ``image`` (B, 3, H, W) uint8 and ``meta``. What every inference path (predict, similar, inspect) feeds
+    the model."""
+    # no targets at prediction: a detection Compose would demand bboxes and labels
+    transform = build_transform("prediction", input_size, [])
+    for start in range(0, len(items), batch_size):
+        chunk = [predict_sample(i, items[i]) for i in range(start, min(start + batch_size, len(items)))]
+        yield chunk, collate([transform_sample(s, "prediction", transform, input_size) for s in chunk])
+
+
 def predict_batches(
     module: PipelineModule,
     items: Sequence[Any],
@@ -103,8 +117,6 @@ def predict_batches(
     """The decoded predictions of ``module`` for ``items`` (paths or arrays), in order, in original-image
     coordinates. The module is moved to ``device`` (default: where it is) and stays there; the forward
     runs under :func:`autocast_dtype` of ``precision`` on that device, the decoding in float32."""
-    # no targets at prediction: a detection Compose would demand bboxes and labels
-    transform = build_transform("prediction", input_size, [])
     device = device or next(module.parameters()).device
     module.to(device)
     dtype = autocast_dtype(device, precision)
@@ -113,9 +125,7 @@ def predict_batches(
     results: list[Prediction] = []
     try:
         with torch.inference_mode():
-            for start in range(0, len(items), batch_size):
-                chunk = [predict_sample(i, items[i]) for i in range(start, min(start + batch_size, len(items)))]
-                batch = collate([transform_sample(s, "prediction", transform, input_size) for s in chunk])
+            for _, batch in input_batches(items, input_size, batch_size):
                 autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
                 with autocast:
                     outputs = module(batch["image"].to(device, non_blocking=True))
@@ -155,4 +165,13 @@ class LazyImages(Sequence[np.ndarray]):
         return predict_sample(i, self.items[i])["image"]
 
 
-__all__ = ["AUTO", "LazyImages", "as_float32", "autocast_dtype", "predict_batches", "predict_device", "predict_sample"]
+__all__ = [
+    "AUTO",
+    "LazyImages",
+    "as_float32",
+    "autocast_dtype",
+    "input_batches",
+    "predict_batches",
+    "predict_device",
+    "predict_sample",
+]

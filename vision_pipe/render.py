@@ -61,7 +61,7 @@ def write_predictions(
     try:
         for image, pred, name in zip(images, predictions, names, strict=True):
             task = task_of_prediction(pred)
-            stem = _unique(name, used)
+            stem = unique_stem(name, used)
             record = pred.to_dict()
             annotated = task.draw(image, pred, class_colors)
             png = write_png(out / f"{stem}_pred.png", cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
@@ -95,7 +95,8 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def _unique(name: str, used: set[str]) -> str:
+def unique_stem(name: str, used: set[str]) -> str:
+    """``name``, or ``name-1``, ``name-2`` ... when already in ``used``; the result is added to ``used``."""
     stem, i = name, 1
     while stem in used:
         stem = f"{name}-{i}"
@@ -104,4 +105,4 @@ def _unique(name: str, used: set[str]) -> str:
     return stem
 
 
-__all__ = ["prepare_out_dir", "render_prediction", "write_predictions"]
+__all__ = ["prepare_out_dir", "render_prediction", "unique_stem", "write_predictions"]

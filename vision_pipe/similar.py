@@ -26,11 +26,10 @@ import cv2
 import numpy as np
 import torch
 
-from vision_pipe.data import build_transform, collate, transform_sample
 from vision_pipe.errors import ConfigError, DataError
 from vision_pipe.io import IMAGE_EXTENSION_LIST, atomic_write_bytes, atomic_write_text, list_images, write_png
-from vision_pipe.module import PipelineModule
-from vision_pipe.predict import autocast_dtype, predict_device, predict_sample
+from vision_pipe.module import PipelineModule, normalize_images
+from vision_pipe.predict import autocast_dtype, input_batches, predict_device, predict_sample
 
 if TYPE_CHECKING:
     from vision_pipe.pipeline import Pipeline
@@ -61,7 +60,6 @@ def embed(
     """(N, C) float32 embeddings of ``items`` (paths or (H, W, 3) uint8 RGB arrays): the backbone's last
     (coarsest) feature map, averaged over its height and width, after the prediction transform and the
     pipeline's normalization. C is that map's channels."""
-    transform = build_transform("prediction", input_size, [])
     device = device or next(module.parameters()).device
     module.to(device)
     dtype = autocast_dtype(device, precision)
@@ -71,13 +69,10 @@ def embed(
     chunks: list[np.ndarray] = []
     try:
         with torch.inference_mode():
-            for start in range(0, len(items), batch_size):
-                samples = [predict_sample(i, items[i]) for i in range(start, min(start + batch_size, len(items)))]
-                batch = collate([transform_sample(s, "prediction", transform, input_size) for s in samples])
-                x = batch["image"].to(device, non_blocking=True).float()
+            for _, batch in input_batches(items, input_size, batch_size):
+                images = batch["image"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-                    if module.normalizer is not None:
-                        x = module.normalizer(x)
+                    x = normalize_images(images, module.normalizer, module.channels_last)
                     pooled = module.backbone(x).maps[last].float().mean(dim=(2, 3))  # (B, C)
                 chunks.append(pooled.cpu().numpy().astype(np.float32))
     finally:

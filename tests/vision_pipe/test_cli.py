@@ -16,7 +16,7 @@ from vision_pipe.cli import main
 
 
 def test_help_for_every_command():
-    for command in ["fit", "validate", "test", "predict", "check", "stages", "plugins"]:
+    for command in ["fit", "validate", "test", "predict", "check", "stages", "plugins", "runs", "compare", "report"]:
         result = subprocess.run(
             [sys.executable, "-m", "vision_pipe.cli", command, "--help"], capture_output=True, text=True
         )

@@ -502,7 +502,9 @@ def test_difficult_flags_follow_their_boxes_through_augmentation() -> None:
         "labels": np.array([0, 1]),
         "difficult": np.array([False, True]),
     }
-    item = transform_sample(sample, "detection", build_transform("detection", (20, 20), [A.HorizontalFlip(p=1)]), (20, 20))
+    item = transform_sample(
+        sample, "detection", build_transform("detection", (20, 20), [A.HorizontalFlip(p=1)]), (20, 20)
+    )
     assert item["boxes"].tolist() == [[16, 0, 20, 4], [0, 10, 10, 20]]
     assert item["labels"].tolist() == [0, 1] and item["difficult"].tolist() == [False, True]
     plain = {k: v for k, v in sample.items() if k != "difficult"}
@@ -570,7 +572,10 @@ def test_workers_are_each_local_processes_share_of_the_allowed_cores(monkeypatch
 
 
 def _target_item(task: str, i: int) -> dict[str, Any]:
-    item: dict[str, Any] = {"image": torch.zeros(3, 4, 4, dtype=torch.uint8), "meta": {"id": str(i), "orig_size": (4, 4)}}
+    item: dict[str, Any] = {
+        "image": torch.zeros(3, 4, 4, dtype=torch.uint8),
+        "meta": {"id": str(i), "orig_size": (4, 4)},
+    }
     if task == "detection":
         n = i  # 0, 1, 2 objects
         item["boxes"] = torch.tensor([[0.0, 0.0, 2.0 + k, 3.0] for k in range(n)]).reshape(-1, 4)
@@ -605,3 +610,25 @@ def test_masks_travel_as_uint8_and_arrive_as_int64() -> None:
     big = _target_item("segmentation", 0)
     big["mask"][1, 1] = 300  # ids of a 16-bit mask stay int64
     assert collate([big], "segmentation")["mask"].dtype == torch.int64
+
+
+def test_seeded_transforms_repeat_their_draws_and_transforms_draw_independently() -> None:
+    from vision_pipe.data import seed_transform
+
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    flips = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+
+    def flipped(seed: int) -> tuple[bool, bool]:
+        seed_transform(flips, seed)
+        out = flips(image=image)["image"]
+        for horizontal, vertical in ((False, False), (True, False), (False, True), (True, True)):
+            axes = tuple(axis for axis, on in ((1, horizontal), (0, vertical)) if on)
+            if np.array_equal(out, np.flip(image, axes) if axes else image):
+                return horizontal, vertical
+        raise AssertionError("not a flip of the image")
+
+    outcomes = [flipped(seed) for seed in range(64)]
+    assert outcomes == [flipped(seed) for seed in range(64)]  # the same seed, the same draws
+    # the two flips draw independently: all four combinations occur (albumentations' own seeding,
+    # one generator per transform with the same seed, would flip both or neither)
+    assert set(outcomes) == {(False, False), (True, False), (False, True), (True, True)}

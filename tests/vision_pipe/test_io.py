@@ -1,9 +1,11 @@
-"""vision_pipe.io: listing, path checks, file stamps and atomic writes."""
+"""vision_pipe.io: listing, path checks, file stamps, atomic writes and image sizes from the header."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +14,10 @@ from vision_pipe import (
     atomic_torch_save,
     atomic_write_text,
     file_stamp,
+    image_header_size,
     list_files,
     list_images,
+    read_image,
     require_dir,
     require_file,
 )
@@ -79,3 +83,65 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_torch_save({"bad": Unpicklable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["mean"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.pt"]
+
+
+# ----------------------------------------------------------------------------
+# Image sizes from the header
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "params", "shape"),
+    [
+        (".png", [], (37, 53, 3)),
+        (".png", [], (5, 300)),  # grey
+        (".png", [], (20, 24, 4)),  # with alpha
+        (".jpg", [], (48, 31, 3)),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], (70, 90, 3)),
+        (".jpg", [], (9, 1000)),  # grey
+    ],
+)
+def test_sniffed_size_equals_pillows(tmp_path: Path, suffix: str, params: list[int], shape: tuple[int, ...]) -> None:
+    from PIL import Image
+
+    from vision_pipe.io import sniff_image_size
+
+    path = tmp_path / f"x{suffix}"
+    assert cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8), params)
+    data = path.read_bytes()
+    with Image.open(path) as im:
+        expected = im.size
+    assert sniff_image_size(data) == expected == (shape[1], shape[0])
+    assert image_header_size(path) == expected
+    assert image_header_size(path, data=memoryview(data)) == expected
+
+
+def test_jpeg_size_is_found_after_an_exif_block(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vision_pipe.io import sniff_image_size
+
+    path = tmp_path / "exif.jpg"
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 20000  # ImageDescription: a long APP1 segment before the frame header
+    exif[0x0112] = 6  # rotated: the decoded image is 40 x 25, the header says 25 x 40
+    Image.new("RGB", (25, 40), "red").save(path, exif=exif)
+    assert sniff_image_size(path.read_bytes()) == (25, 40)
+    assert read_image(path).shape == (25, 40, 3)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"GIF89a....", b"\xff\xd8", b"\xff\xd8\xff\xe0\x00", b"\xff\xd8\x00\x00\x00\x00", b"\x89PNG\r\n\x1a\n\x00"],
+)
+def test_unknown_or_broken_headers_are_left_to_the_decoders(data: bytes) -> None:
+    from vision_pipe.io import sniff_image_size
+
+    assert sniff_image_size(data) is None
+
+
+def test_other_formats_get_their_size_from_pillow(tmp_path: Path) -> None:
+    path = tmp_path / "x.bmp"
+    assert cv2.imwrite(str(path), np.zeros((11, 13, 3), np.uint8))
+    assert image_header_size(path) == (13, 11)
+    assert image_header_size(path, data=path.read_bytes()) == (13, 11)

@@ -3,7 +3,6 @@ and half-precision outputs decoded in float32."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -58,15 +57,8 @@ def test_half_precision_outputs_are_decoded_in_float32() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from conftest import TINY
-
-    config = copy.deepcopy(TINY)
-    config["output_dir"] = str(tmp_path_factory.mktemp("runs"))
-    config["trainer"]["max_epochs"] = 1
-    pipe = Pipeline.from_dict(config)
-    pipe.fit()
-    return pipe.run_dir / "checkpoints" / "last.ckpt"
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def _images(n: int = 3) -> list[np.ndarray]:

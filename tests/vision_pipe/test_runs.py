@@ -70,6 +70,9 @@ def test_a_fit_that_fails_half_way_keeps_the_metrics_and_curves_of_finished_epoc
     assert metrics["data/checked"] == 60.0
     assert (pipe.run_dir / "plots" / "curves.png").stat().st_size > 0
     assert list((pipe.run_dir / "plots").glob("mean_image*")), "the normalizer's artifacts"
+    status = json.loads((pipe.run_dir / "run.json").read_text())
+    assert status["status"] == "failed" and "broke in the middle" in status["error"]
+    assert status["seconds"] > 0 and status["ended"] >= status["started"]
 
 
 def test_a_successful_fit_and_test_write_their_artifacts(tiny_config):
@@ -82,6 +85,9 @@ def test_a_successful_fit_and_test_write_their_artifacts(tiny_config):
     assert metrics["test/acc"] == pytest.approx(test["test/acc"])
     assert not any(k.startswith("test/") for k in fit)
     assert (pipe.run_dir / "plots" / "curves.png").exists()
+    status = json.loads((pipe.run_dir / "run.json").read_text())
+    assert status["status"] == "finished" and "error" not in status and status["seconds"] > 0
+    assert (pipe.run_dir / "report.html").is_file(), "a test writes the run's report"
     assert not list(pipe.run_dir.rglob("*.tmp")), "atomic writes leave no temporary files"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -54,15 +53,8 @@ def test_contact_sheet_is_one_row_of_tiles() -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import TINY
-
-    config = copy.deepcopy(TINY)
-    config["output_dir"] = str(tmp_path_factory.mktemp("runs"))
-    config["trainer"]["max_epochs"] = 1
-    pipe = Pipeline.from_dict(config)
-    pipe.fit()
-    return pipe.run_dir / "checkpoints" / "last.ckpt"
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def _folder(root: Path, n: int = 6) -> Path:

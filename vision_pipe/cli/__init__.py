@@ -8,9 +8,13 @@
                         [--trust-checkpoint]
     vision-pipe predict MODEL.onnx|MODEL.pt INPUT... [--out DIR]   (ONNX Runtime, no torch; TorchScript, no Lightning)
     vision-pipe similar CKPT --index FOLDER --query IMAGE... [-k 8] [--metric euclidean|cosine] [--out DIR]
+    vision-pipe inspect CKPT [IMAGE...] [--out DIR] [--channels N] [--class NAME] [--no-saliency] [--device DEVICE]
     vision-pipe export CKPT [--format onnx|torchscript] [--out DIR] [--opset N] [--dynamic-batch]
                        [--input-size H W] [--probabilities] [--plugin MODULE]
     vision-pipe check PIPELINE.yaml [key=value ...] [--trust-checkpoint]
+    vision-pipe runs [DIR] [--json]
+    vision-pipe compare RUN RUN... [--out compare.png]
+    vision-pipe report RUN [--no-predictions] [--trust-checkpoint]
     vision-pipe stages [--kind KIND] [--all] [--markdown]
     vision-pipe plugins
     vision-pipe backbones [PATTERN] [--pretrained]
@@ -41,7 +45,7 @@ from vision_pipe.cli._common import EXIT_USAGE
 from vision_pipe.errors import VisionPipeError
 
 #: The command modules, in the order their commands are listed by ``vision-pipe --help``.
-COMMAND_MODULES = ("train", "attack", "predict", "similar", "export", "listing")
+COMMAND_MODULES = ("train", "runs", "attack", "predict", "similar", "inspect", "export", "listing")
 
 __all__ = ["COMMAND_MODULES", "EXIT_USAGE", "build_parser", "main", "parse_args"]
 
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vision_pipe.distributed import is_secondary_process
+    from vision_pipe.ranks import is_secondary_process  # torch-free: predict model.onnx imports no torch
 
     if is_secondary_process():
         # the other processes of a multi-process (DDP) run: rank 0 alone reports

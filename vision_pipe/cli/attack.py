@@ -69,7 +69,7 @@ def _attack(args: argparse.Namespace) -> int:
         examples=args.examples,
         trust=args.trust_checkpoint,
     )
-    metric = get_task(pipe.config.task).primary_metric
+    metric = get_task(pipe.config.task).main_metrics[0]
     prefix = f"test/{args.method}/eps="
     eps = sorted({float(k[len(prefix) :].split("/")[0]) for k in metrics if k.startswith(prefix)})
     print(f"\n{args.method}: test {metric} vs eps (/255), {len(pipe.splits['test'])} images")

@@ -22,7 +22,7 @@ from typing import Any
 
 from vision_pipe.errors import ConfigError, did_you_mean
 from vision_pipe.results import Prediction
-from vision_pipe.tasks.base import IMAGES_ONLY, Task
+from vision_pipe.tasks.base import IMAGES_ONLY, Graded, Task
 from vision_pipe.tasks.classification import CLASSIFICATION
 from vision_pipe.tasks.detection import DETECTION
 from vision_pipe.tasks.segmentation import SEGMENTATION
@@ -72,6 +72,7 @@ def task_of_item(item: Mapping[str, Any]) -> Task:
 __all__ = [
     "CLASSIFICATION",
     "DETECTION",
+    "Graded",
     "IMAGES_ONLY",
     "SEGMENTATION",
     "TASKS",

@@ -16,6 +16,7 @@ The base class itself is the "images only" task used at prediction time
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,16 +50,25 @@ class Task:
     Predictions: :attr:`prediction_type`, :meth:`draw`, :meth:`write_prediction`
     (files of one prediction), :meth:`write_predictions` (files of all of them),
     :meth:`describe` (one line for the CLI).
+
+    Runs and their reports (:mod:`vision_pipe.run_table`, :mod:`vision_pipe.report`): :attr:`main_metrics`,
+    :attr:`per_class_metrics`, :attr:`report_plots`, :meth:`grade` (a test prediction against its sample).
     """
 
     #: The task's name, as in a pipeline's ``task:``.
     name: ClassVar[str] = "images"
     #: The class of the predictions a head of this task decodes.
     prediction_type: ClassVar[type[Prediction]] = Prediction
+    #: Whether :meth:`class_scores` gives one score per class and image (what class saliency maps need).
+    has_class_scores: ClassVar[bool] = False
     #: The keys of a sample's (and a batch's) targets; the first one tells the task of a collated item.
     target_keys: ClassVar[tuple[str, ...]] = ()
-    #: The summary key that measures the task in one number (``acc``, ``miou``, ``map_50``; robustness curves plot it).
-    primary_metric: ClassVar[str] = ""
+    #: The summary's main metrics (``vision-pipe runs`` shows ``test/<name>``; the first one is drawn by ``compare``).
+    main_metrics: ClassVar[tuple[str, ...]] = ()
+    #: The summary's per-class metrics (``<name>/<class>`` keys): the columns of a report's per-class table.
+    per_class_metrics: ClassVar[tuple[str, ...]] = ()
+    #: The pictures :meth:`summarize` writes that a report shows (file names in the plots folder).
+    report_plots: ClassVar[tuple[str, ...]] = ()
 
     def __repr__(self) -> str:
         return f"<task {self.name!r}>"
@@ -130,6 +140,14 @@ class Task:
         only: it is traced into the exported graph); ``NotImplementedError`` where the task has none."""
         raise NotImplementedError(f"the {self.name} task has no default export-time decoding")
 
+    # -- saliency ----------------------------------------------------------------
+
+    def class_scores(self, outputs: Any) -> Tensor | None:
+        """(B, num_classes) differentiable per-class scores of a batch from a head's evaluation-form ``outputs``:
+        what a class saliency map (Grad-CAM, :mod:`vision_pipe.inspect`) takes the gradient of; ``None`` where
+        the task has no single score per class and image (:attr:`has_class_scores` false)."""
+        return None
+
     # -- predictions -------------------------------------------------------------
 
     def draw(
@@ -150,6 +168,21 @@ class Task:
     def describe(self, prediction: Prediction) -> str:
         """One line about ``prediction`` (``vision-pipe predict`` prints it)."""
         return prediction.id
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """How good ``prediction`` is for ``sample`` (its targets, in original-image coordinates): what a report's
+        grid of best and worst test predictions sorts by, captions and draws."""
+        raise NotImplementedError(f"task {self.name!r} has no targets to grade predictions against")
+
+
+@dataclass
+class Graded:
+    """A prediction graded against its sample: ``score`` (higher is better; comparable within a task),
+    ``caption`` (one line: what was expected and found) and ``shown``, the prediction to draw."""
+
+    score: float
+    caption: str
+    shown: Prediction
 
 
 #: Samples with images only: what :meth:`vision_pipe.Pipeline.predict` transforms and collates.

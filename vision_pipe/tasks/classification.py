@@ -21,7 +21,7 @@ import numpy as np
 from vision_pipe.drawing import upscale
 from vision_pipe.results import ClassificationPrediction, Prediction
 from vision_pipe.samples import IGNORE_INDEX, check_label
-from vision_pipe.tasks.base import Task
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -36,8 +36,11 @@ class ClassificationTask(Task):
 
     name = "classification"
     prediction_type = ClassificationPrediction
+    has_class_scores = True
     target_keys = ("label",)
-    primary_metric = "acc"
+    main_metrics = ("acc",)
+    per_class_metrics = ("acc",)
+    report_plots = ("confusion_matrix.png",)
 
     # -- samples ---------------------------------------------------------------
 
@@ -114,6 +117,10 @@ class ClassificationTask(Task):
 
         return {"probabilities": torch.softmax(outputs.float(), dim=1)}
 
+    def class_scores(self, outputs: Any) -> Tensor:
+        """Logits (B, C) → the logits themselves (Grad-CAM's class score)."""
+        return outputs.float()
+
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None
     ) -> np.ndarray:
@@ -128,6 +135,16 @@ class ClassificationTask(Task):
     def describe(self, prediction: Prediction) -> str:
         prediction = cast(ClassificationPrediction, prediction)
         return f"{prediction.id}: {prediction.class_name} ({prediction.score:.3f})"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """Right: the predicted class's probability; wrong (a misclassified image): minus it, so the surest
+        mistakes are the worst."""
+        prediction = cast(ClassificationPrediction, prediction)
+        true = int(sample["label"])
+        right = prediction.label == true
+        name = class_names[true] if 0 <= true < len(class_names) else str(true)
+        caption = f"true {name}, predicted {prediction.class_name} ({prediction.score:.2f})"
+        return Graded(prediction.score if right else -prediction.score, caption, prediction)
 
 
 def write_confusion_csv(confmat: np.ndarray, class_names: Sequence[str], path: Path) -> None:

@@ -6,7 +6,7 @@ and their per-image tensors, the metrics (COCO mAP through torchmetrics'
 ``MeanAveragePrecision``, ``difficult`` objects ignored as VOC does, synced across
 processes once per evaluation) with their
 summary (``map``, ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>``,
-``ap_50/<class>``) and pictures (``ap_per_class.csv``, ``precision_recall.png``),
+``ap_50/<class>``) and pictures (``ap_per_class.csv`` / ``.png``, ``precision_recall.png``),
 drawing a :class:`~vision_pipe.results.DetectionPrediction` and the run's
 ``detections_coco.json``.
 
@@ -18,6 +18,7 @@ xyxy in pixels of the model input, "scores": (K,), "labels": (K,) int64 in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -28,11 +29,11 @@ from typing import TYPE_CHECKING, Any, cast
 import cv2
 import numpy as np
 
-from vision_pipe.drawing import class_palette, upscale
+from vision_pipe.drawing import class_palette, upscale, write_class_bars
 from vision_pipe.io import atomic_write_text
 from vision_pipe.results import DetectionPrediction, Prediction
-from vision_pipe.samples import IGNORE_INDEX, check_boxes, pack_targets
-from vision_pipe.tasks.base import Task
+from vision_pipe.samples import IGNORE_INDEX, box_iou, check_boxes, pack_targets
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 _IOU_50 = 0
 #: Recall thresholds of COCO's interpolated precision (101 points, 0..1).
 _RECALLS = np.linspace(0.0, 1.0, 101)
+#: The detections a report grades and draws: those at least this sure.
+REPORT_MIN_SCORE = 0.5
 
 
 class DetectionTask(Task):
@@ -54,7 +57,9 @@ class DetectionTask(Task):
     name = "detection"
     prediction_type = DetectionPrediction
     target_keys = ("boxes", "labels", "difficult")
-    primary_metric = "map_50"
+    main_metrics = ("map_50", "map")
+    per_class_metrics = ("ap_50", "ap")
+    report_plots = ("ap_per_class.png", "precision_recall.png")
 
     # -- samples ---------------------------------------------------------------
 
@@ -156,7 +161,8 @@ class DetectionTask(Task):
     ) -> dict[str, float]:
         """``map`` (COCO mAP@[.5:.95]), ``map_50``, ``map_75``, ``mar_100``, ``ap/<class>`` and
         ``ap_50/<class>`` (NaN for a class without ground truth in the split). With ``plots_dir``,
-        writes ``ap_per_class.csv`` and ``precision_recall.png`` (per class, at IoU 0.5)."""
+        writes ``ap_per_class.csv``, ``ap_per_class.png`` (a bar per class, the mean as a dashed line) and
+        ``precision_recall.png`` (per class), all at IoU 0.5."""
         out = {key: _nan_if_missing(float(computed[key])) for key in ("map", "map_50", "map_75", "mar_100")}
         ap, ap50 = per_class_ap(computed, len(class_names))
         for name, a, a50 in zip(class_names, ap, ap50, strict=True):
@@ -165,6 +171,9 @@ class DetectionTask(Task):
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
             write_ap_csv(class_names, ap, ap50, plots_dir / "ap_per_class.csv")
+            write_class_bars(
+                np.array(ap50), class_names, out["map_50"], plots_dir / "ap_per_class.png", metric="AP@0.5"
+            )
             write_pr_png(computed, class_names, ap50, plots_dir / "precision_recall.png")
         return out
 
@@ -227,6 +236,33 @@ class DetectionTask(Task):
     def describe(self, prediction: Prediction) -> str:
         prediction = cast(DetectionPrediction, prediction)
         return f"{prediction.id}: {len(prediction.boxes)} object(s)"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """F1 at IoU 0.5 of the detections scored at least :data:`REPORT_MIN_SCORE` (greedy matching, most
+        confident first, same class); 1 for an image with neither objects nor detections. Those are drawn."""
+        prediction = cast(DetectionPrediction, prediction)
+        keep = prediction.scores >= REPORT_MIN_SCORE
+        shown = dataclasses.replace(
+            prediction,
+            boxes=prediction.boxes[keep],
+            labels=prediction.labels[keep],
+            scores=prediction.scores[keep],
+            class_names=[n for n, k in zip(prediction.class_names, keep, strict=True) if k],
+        )
+        true_boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        true_labels = np.asarray(sample["labels"], np.int64).reshape(-1)
+        unmatched = set(range(len(true_boxes)))
+        hits = 0
+        for box, label in zip(shown.boxes, shown.labels, strict=True):
+            candidates = [(box_iou(box, true_boxes[j]), j) for j in unmatched if true_labels[j] == label]
+            best = max(candidates, default=(0.0, -1))
+            if best[0] >= 0.5:
+                unmatched.discard(best[1])
+                hits += 1
+        total = len(shown.boxes) + len(true_boxes)
+        score = 2.0 * hits / total if total else 1.0
+        caption = f"{hits} of {len(true_boxes)} object(s) found, {len(shown.boxes)} detection(s), F1 {score:.2f}"
+        return Graded(score, caption, shown)
 
 
 @functools.cache

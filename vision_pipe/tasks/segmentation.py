@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from vision_pipe.drawing import class_palette, upscale
+from vision_pipe.drawing import class_palette, upscale, write_class_bars
 from vision_pipe.io import write_png
 from vision_pipe.results import Prediction, SegmentationPrediction
 from vision_pipe.samples import IGNORE_INDEX, check_mask
-from vision_pipe.tasks.base import Task
+from vision_pipe.tasks.base import Graded, Task
 
 if TYPE_CHECKING:
     import torchmetrics
@@ -34,8 +34,11 @@ class SegmentationTask(Task):
 
     name = "segmentation"
     prediction_type = SegmentationPrediction
+    has_class_scores = True
     target_keys = ("mask",)
-    primary_metric = "miou"
+    main_metrics = ("miou",)
+    per_class_metrics = ("iou",)
+    report_plots = ("iou_per_class.png",)
 
     # -- samples ---------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class SegmentationTask(Task):
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
             write_iou_csv(iou, class_names, plots_dir / "iou_per_class.csv")
-            write_iou_png(iou, class_names, out["miou"], plots_dir / "iou_per_class.png")
+            write_class_bars(iou, class_names, out["miou"], plots_dir / "iou_per_class.png", metric="IoU")
         return out
 
     # -- predictions -------------------------------------------------------------
@@ -126,6 +129,16 @@ class SegmentationTask(Task):
     def export_outputs(self, outputs: Any) -> dict[str, Tensor]:
         """Logits (B, C, H, W) → ``{"class_ids": (B, H, W) int64}``."""
         return {"class_ids": outputs.argmax(dim=1)}
+
+    def class_scores(self, outputs: Any) -> Tensor:
+        """Logits (B, C, H, W) → (B, C): each class's logit summed over the pixels predicted as that class,
+        divided by the image's pixel count (0 for a class predicted nowhere); the Grad-CAM score of a class."""
+        import torch
+
+        logits = outputs.float()
+        classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+        predicted = (logits.argmax(dim=1, keepdim=True) == classes).to(logits.dtype)  # (B, C, H, W)
+        return (logits * predicted).mean(dim=(2, 3))
 
     def draw(
         self, image: np.ndarray, prediction: Prediction, class_colors: Sequence[Sequence[int]] | None = None
@@ -146,6 +159,19 @@ class SegmentationTask(Task):
 
     def describe(self, prediction: Prediction) -> str:
         return f"{prediction.id}: {prediction.to_dict()['pixels_per_class']}"
+
+    def grade(self, prediction: Prediction, sample: Mapping[str, Any], class_names: Sequence[str]) -> Graded:
+        """The image's mean IoU over the classes in its mask or the prediction (ignored pixels left out)."""
+        prediction = cast(SegmentationPrediction, prediction)
+        true = np.asarray(sample["mask"]).astype(np.int64)
+        found = prediction.mask
+        counted = true != IGNORE_INDEX
+        ious = []
+        for c in np.union1d(np.unique(true[counted]), np.unique(found[counted])):
+            t, f = (true == c) & counted, (found == c) & counted
+            ious.append(float((t & f).sum()) / float((t | f).sum()))
+        score = float(np.mean(ious)) if ious else 1.0
+        return Graded(score, f"image IoU {score:.2f}", prediction)
 
 
 def compact_mask(mask: np.ndarray) -> np.ndarray:
@@ -169,33 +195,6 @@ def write_iou_csv(iou: np.ndarray, class_names: Sequence[str], path: Path) -> No
         writer.writerow(["id", "class", "iou"])
         for i, (name, value) in enumerate(zip(class_names, iou, strict=True)):
             writer.writerow([i, name, f"{value:.6f}" if np.isfinite(value) else "nan"])
-
-
-def write_iou_png(iou: np.ndarray, class_names: Sequence[str], miou: float, path: Path) -> None:
-    """Horizontal bars of the per-class IoU (``n/a`` for NaN), the mean as a dashed line, at 100 dpi."""
-    from matplotlib.figure import (
-        Figure,  # no pyplot: no global backend state is touched
-    )
-
-    n = len(class_names)
-    fig = Figure(figsize=(6.0, min(max(2.5, 0.3 * n + 1.2), 40.0)))
-    ax = fig.add_subplot()
-    rows = np.arange(n)
-    ax.barh(rows, np.nan_to_num(iou, nan=0.0), color="tab:blue")
-    for row, value in zip(rows, iou, strict=True):
-        label = f"{value:.3f}" if np.isfinite(value) else "n/a"
-        ax.text(min(float(np.nan_to_num(value)), 1.0) + 0.01, float(row), label, va="center", fontsize=8)
-    title = "IoU per class"
-    if np.isfinite(miou):
-        ax.axvline(miou, color="tab:red", linestyle="--")
-        title += f" (dashed: mean {miou:.3f})"
-    ax.set_yticks(rows, labels=list(class_names))
-    ax.invert_yaxis()  # class 0 on top
-    ax.set_xlim(0.0, 1.15)
-    ax.set_xlabel("IoU")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 SEGMENTATION = SegmentationTask()

@@ -90,6 +90,7 @@ def test_metrics_hand_computed_with_difficult_objects_ignored(tmp_path: Path) ->
     assert summary["map_50"] == pytest.approx(2 / 3, abs=1e-6)
     assert summary["map"] == pytest.approx(2 / 3, abs=1e-6)  # the hits are exact at every IoU
     assert (tmp_path / "plots" / "precision_recall.png").is_file()
+    assert (tmp_path / "plots" / "ap_per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (tmp_path / "plots" / "ap_per_class.csv").read_text().splitlines()
     assert rows[0] == "class,ap_50,ap" and rows[2] == "b,0.0000,0.0000"
 
