@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from vision_pipe.adversarial import gradient_sign, head_loss, perturb
+from vision_pipe.adversarial import fgsm, gradient_sign, head_loss, perturb
 from vision_pipe.config import AttackConfig, pydantic_to_config_error
 from vision_pipe.config_files import Locations
 from vision_pipe.drawing import upscale
@@ -106,10 +106,8 @@ class AttackEvaluation(pl.Callback):
             loss_of = head_loss(module, batch)
             sign = gradient_sign(loss_of, images) if self.spec.method == "fgsm" else None
             for eps in self.eps:
-                if sign is not None:
-                    adv = (images.float() + eps * sign).clamp(0.0, 255.0)  # fgsm, one gradient for every ε
-                else:
-                    adv = perturb(loss_of, images, eps, self.spec)
+                # fgsm: one gradient for every ε
+                adv = fgsm(loss_of, images, eps, sign) if sign is not None else perturb(loss_of, images, eps, self.spec)
                 with torch.no_grad():
                     attacked = module(adv)
                 module.head.update_metrics(self._metrics[eps], attacked, batch)
