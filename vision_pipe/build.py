@@ -249,6 +249,7 @@ def _build(b: _Builder, from_checkpoint: CheckpointClasses | None, trust: bool) 
         compile=cfg.model.compile,
         unfreeze=(unfreeze_at, frozen) if unfreeze_at is not None else None,
         metric_options=metric_options(cfg),
+        adversarial=cfg.training.adversarial,
     )
     module.weights_report = weights_report
     if from_checkpoint is None:  # to be trained: what no output depends on gets no gradient to wait for under DDP

@@ -263,6 +263,53 @@ LoggerSpec = Annotated[dict[str, Any], pydantic.BeforeValidator(_check_logger_en
 """A logger entry: ``{name: csv|tensorboard|mlflow|wandb, <option>: <value>, ...}`` (or just the name)."""
 
 
+_PixelEps = Annotated[float, Field(ge=0, le=255)]
+
+
+class AttackConfig(_Strict):
+    """An adversarial evaluation of the test split (``test.attack``; :mod:`vision_pipe.attack`).
+
+    ``eps`` in /255 pixel units (``4`` moves a pixel by at most 4 of 255), each evaluated;
+    ``fgsm``: x + ε·sign(∇ₓJ) clipped to [0, 255]; ``pgd``: ``steps`` steps of size ``alpha``
+    (default 2.5·ε/steps) from a random start in the ε-ball (``random_start``), projected onto
+    the ball and the valid pixels after each. ``examples``: test images in the examples figure.
+    """
+
+    method: Literal["fgsm", "pgd"] = "fgsm"
+    eps: list[_PixelEps] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0], min_length=1, description="perturbation sizes, in /255"
+    )
+    alpha: float | None = Field(None, gt=0, description="pgd: step size in /255 (default 2.5·eps/steps)")
+    steps: int = Field(10, ge=1, description="pgd: iterations")
+    random_start: bool = Field(True, description="pgd: start from a uniform random point of the eps-ball")
+    examples: int = Field(4, ge=0, le=64, description="test images drawn in plots/<method>_examples.png")
+
+
+class EvaluationConfig(_Strict):
+    """What evaluating the test split does besides the task's metrics."""
+
+    attack: AttackConfig | None = Field(None, description="also evaluate under an adversarial attack")
+
+
+class AdversarialTrainingConfig(_Strict):
+    """Adversarial training (``training.adversarial``): ``fraction`` of each training batch replaced by its
+    adversarial version (``method`` as in :class:`AttackConfig`, one ``eps`` in /255), computed on the
+    current weights in the training step (:func:`vision_pipe.adversarial.mix_adversarial`)."""
+
+    method: Literal["fgsm", "pgd"] = "fgsm"
+    eps: _PixelEps
+    fraction: float = Field(0.5, gt=0, le=1, description="share of each batch replaced by adversarial images")
+    alpha: float | None = Field(None, gt=0, description="pgd: step size in /255 (default 2.5·eps/steps)")
+    steps: int = Field(3, ge=1, description="pgd: iterations")
+    random_start: bool = Field(True, description="pgd: start from a uniform random point of the eps-ball")
+
+
+class TrainingConfig(_Strict):
+    """How the training step treats its batches."""
+
+    adversarial: AdversarialTrainingConfig | None = None
+
+
 class PipelineConfig(_Strict):
     """One pipeline: its stages, optimization, and Lightning trainer settings."""
 
@@ -282,6 +329,8 @@ class PipelineConfig(_Strict):
         default_factory=lambda: [{"name": "csv"}, {"name": "tensorboard"}],
         description="experiment trackers (csv is always on: the run's curves are read from it)",
     )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    test: EvaluationConfig = Field(default_factory=EvaluationConfig)
     trainer: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of lightning Trainer")
     output_dir: str = "runs"
 

@@ -24,7 +24,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from vision_pipe.config import OptimizerConfig, SchedulerConfig
+from vision_pipe.adversarial import mix_adversarial
+from vision_pipe.config import AdversarialTrainingConfig, OptimizerConfig, SchedulerConfig
 from vision_pipe.errors import StageError
 from vision_pipe.finetune import UnfreezeBackbone, WeightsReport
 from vision_pipe.guards import any_nonfinite
@@ -46,6 +47,8 @@ class PipelineModule(pl.LightningModule):
     are in the optimizer's ``backbone`` group from the start and train from that epoch on
     (:class:`~vision_pipe.finetune.UnfreezeBackbone`).
     ``metric_options``: passed to ``head.make_metrics`` (the ``metrics:`` section's options for the task).
+    ``adversarial``: ``training.adversarial`` (:func:`~vision_pipe.adversarial.mix_adversarial`); logs
+    ``train/adversarial_fraction``.
     ``compile``: ``False``, or a ``torch.compile`` mode (``True`` = ``"default"``)
     with which the backbone is compiled in place when a Trainer sets the module up
     (parameter names, hence checkpoints, are unchanged).
@@ -68,6 +71,7 @@ class PipelineModule(pl.LightningModule):
         compile: bool | str = False,
         unfreeze: tuple[int, Sequence[str]] | None = None,
         metric_options: dict[str, Any] | None = None,
+        adversarial: AdversarialTrainingConfig | None = None,
     ) -> None:
         super().__init__()
         self.normalizer = normalizer
@@ -98,6 +102,8 @@ class PipelineModule(pl.LightningModule):
         self.weights_report: WeightsReport | None = None
         #: parameters no output depends on, frozen at build (:func:`~vision_pipe.finetune.freeze_unused`)
         self.unused_parameters: list[str] = []
+        #: ``training.adversarial``: part of each training batch replaced by its adversarial version
+        self.adversarial = adversarial
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -122,8 +128,13 @@ class PipelineModule(pl.LightningModule):
     # -- steps --------------------------------------------------------------
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        outputs = self(self.head.training_inputs(batch["image"]))  # e.g. a denoising head's noise
+        images, replaced = batch["image"], 0
+        if self.adversarial is not None:
+            images, replaced = mix_adversarial(self, batch, self.adversarial)
+        outputs = self(self.head.training_inputs(images))  # e.g. a denoising head's noise
         losses = self.head.loss(outputs, batch)
+        if self.adversarial is not None:  # logged as train/adversarial_fraction: the share of attacked images
+            losses = {**losses, "adversarial_fraction": torch.tensor(replaced / images.shape[0], device=images.device)}
         if self.skip_nonfinite and any_nonfinite(self.trainer, losses["loss"]):
             self.skipped_batches += 1
             return None  # Lightning skips this batch's backward pass and optimizer step

@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 from vision_pipe.build import CheckpointClasses, build_pipeline, dataset_image_ids
 from vision_pipe.cache import cache_dir, fit_normalizer
 from vision_pipe.checkpoints import allowed_globals, read_checkpoint
-from vision_pipe.config import PipelineConfig, validate
+from vision_pipe.config import AttackConfig, PipelineConfig, validate
 from vision_pipe.config_files import Locations, apply_overrides, load_yaml_with_bases
 from vision_pipe.data import PipelineDataModule, cached_num_workers
 from vision_pipe.distributed import is_secondary_process, share_cache, wait_for_rank_zero
@@ -181,23 +181,35 @@ class Pipeline:
         manager: PluginManager | None = None,
         trust: bool = False,
         plugins: Iterable[str] = (),
+        data: bool = False,
+        overrides: Iterable[str] = (),
     ) -> Pipeline:
         """A pipeline for inference from a checkpoint alone (no training data needed).
 
         The checkpoint is read as weights only; ``trust=True`` reads it in full (files
         you trust only). The plugin modules its config names (``plugins:``) are not
         imported: name the ones you trust in ``plugins`` (or pass ``trust=True``).
+        ``data=True`` also builds the data side the checkpoint's config describes (to evaluate
+        it: :meth:`test`, :meth:`attack`), with ``overrides`` (``key=value``) applied to that config.
         """
         ckpt = read_checkpoint(checkpoint, trust=trust)
         info = ckpt["vision_pipe"]
-        classes = CheckpointClasses(info["class_names"], info.get("class_colors"), info.get("category_ids"))
+        classes = (
+            CheckpointClasses(info["class_names"], info.get("class_colors"), info.get("category_ids"))
+            if not data
+            else None
+        )
         config = copy.deepcopy(info["config"])
+        locs = Locations()
+        if data:  # the checkpoint's weights replace the backbone's initial ones
+            (config.get("model", {}).get("backbone") or {}).pop("weights", None)
+            config = apply_overrides(config, overrides, locs)
         named = list(plugins)
         recorded = [m for m in config.get("plugins") or [] if isinstance(m, str)]
         modules = named + [m for m in recorded if m not in named] if trust else named
         skipped = [m for m in recorded if m not in modules]
         try:
-            pipe = cls(config, Locations(), manager=manager, from_checkpoint=classes, plugin_modules=modules)
+            pipe = cls(config, locs, manager=manager, from_checkpoint=classes, plugin_modules=modules)
         except VisionPipeError as exc:
             if not skipped:
                 raise
@@ -343,9 +355,18 @@ class Pipeline:
         return metrics
 
     def _evaluate(
-        self, action: str, ckpt: str | Path | None, trust: bool, *, save_json: bool = False
+        self,
+        action: str,
+        ckpt: str | Path | None,
+        trust: bool,
+        *,
+        save_json: bool = False,
+        attack: AttackConfig | None = None,
     ) -> tuple[pl.Trainer, RunArtifacts]:
+        """Validate or test; a test also runs ``attack`` (default: the config's ``test.attack``) and, with
+        ``save_json``, writes the test split's COCO results."""
         dm = self._require_data(action)
+        attack = (attack or self.config.test.attack) if action == "test" else None
         if save_json and self.config.task != "detection":
             raise VisionPipeError(
                 f"save_json (--save-json) writes detections in the COCO results format; pipeline "
@@ -362,8 +383,18 @@ class Pipeline:
         with self._new_run(ckpt):
             run_dir = self._prepare(ckpt, record=False)
             artifacts = RunArtifacts(run_dir, test_results=self.coco_ids if save_json else None)
+            callbacks: list[pl.Callback] = [artifacts]
+            if attack is not None:
+                from vision_pipe.attack import AttackEvaluation
+
+                callbacks.insert(0, AttackEvaluation(attack, self.class_names, self.class_colors))
             trainer, _ = make_trainer(
-                self.config, run_dir, action=action, callbacks=[artifacts], resolved=self.resolved
+                self.config,
+                run_dir,
+                action=action,
+                callbacks=callbacks,
+                resolved=self.resolved,
+                gradients=attack is not None,
             )
             self.module.record_test_predictions = save_json
             self.trainer = trainer
@@ -398,6 +429,34 @@ class Pipeline:
             write_report(self)
         self.manager.hook.vision_pipe_after_test(pipeline=self, run_dir=self.run_dir, metrics=metrics)
         return metrics
+
+    @_action("attack")
+    def attack(
+        self,
+        ckpt: str | Path | None = None,
+        *,
+        method: str | None = None,
+        eps: Sequence[float] | None = None,
+        alpha: float | None = None,
+        steps: int | None = None,
+        random_start: bool | None = None,
+        examples: int | None = None,
+        trust: bool = False,
+    ) -> dict[str, float]:
+        """Test under an adversarial attack (:mod:`vision_pipe.attack`): ``method`` ``fgsm`` (default) or ``pgd``,
+        for each ``eps`` (pixel units, /255; default 0, 1, 2, 4, 8); ``alpha``, ``steps``, ``random_start``: PGD's
+        (see :class:`~vision_pipe.config.AttackConfig`; ``None`` = its default); ``ckpt`` as in :meth:`test`.
+
+        Returns the test metrics with the task's summary per ε (``test/fgsm/eps=4/acc`` ...), also merged into
+        the run's ``metrics.json``; writes ``plots/<method>_curve.png`` and ``plots/<method>_examples.png``
+        (``examples`` test images). A bad setting is a :class:`~vision_pipe.errors.ConfigError` naming it.
+        """
+        from vision_pipe.attack import attack_config
+
+        settings = {"method": method, "eps": None if eps is None else list(eps), "alpha": alpha, "steps": steps}
+        spec = attack_config(**settings, random_start=random_start, examples=examples)
+        _, artifacts = self._evaluate("test", ckpt, trust, attack=spec)
+        return artifacts.metrics
 
     @_action("predict")
     def predict(

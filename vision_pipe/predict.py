@@ -129,13 +129,13 @@ def predict_batches(
                 autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
                 with autocast:
                     outputs = module(batch["image"].to(device, non_blocking=True))
-                results.extend(module.head.decode(_as_float32(outputs), batch, list(class_names)))
+                results.extend(module.head.decode(as_float32(outputs), batch, list(class_names)))
     finally:
         module.train(was_training)
     return results
 
 
-def _as_float32(value: Any) -> Any:
+def as_float32(value: Any) -> Any:
     """A head's raw outputs with half-precision tensors in float32 (a tensor, a dataclass, a dict or a
     sequence of them), so that decoding and NMS run in full precision."""
     import dataclasses
@@ -143,12 +143,12 @@ def _as_float32(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _as_float32(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        changes = {f.name: as_float32(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
         return dataclasses.replace(value, **changes)
     if isinstance(value, dict):
-        return {k: _as_float32(v) for k, v in value.items()}
+        return {k: as_float32(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_as_float32(v) for v in value)
+        return type(value)(as_float32(v) for v in value)
     return value
 
 
@@ -168,6 +168,7 @@ class LazyImages(Sequence[np.ndarray]):
 __all__ = [
     "AUTO",
     "LazyImages",
+    "as_float32",
     "autocast_dtype",
     "input_batches",
     "predict_batches",

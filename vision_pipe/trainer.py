@@ -87,10 +87,14 @@ def make_trainer(
     action: str,
     callbacks: Sequence[pl.Callback] = (),
     resolved: Mapping[str, Any] | None = None,
+    gradients: bool = False,
 ) -> tuple[pl.Trainer, Any]:
     """A Trainer for ``action`` (``fit``, ``validate``, ``test``) writing into ``run_dir``, logging to the
     YAML's ``loggers:`` (:mod:`vision_pipe.loggers`; ``resolved``, the resolved config, is what trackers get
     as parameters).
+
+    ``gradients``: evaluation runs under ``torch.no_grad`` rather than ``torch.inference_mode``, so that
+    a callback may compute gradients with ``torch.enable_grad`` (an adversarial attack's).
 
     Returns ``(trainer, checkpoint_callback)``; the checkpoint callback is ``None``
     unless training. Each trainer logs into directories of its own
@@ -139,6 +143,8 @@ def make_trainer(
     all_callbacks.append(TrackerArtifacts(run_dir, resolved or config.model_dump(mode="json"), config.loggers))
     loggers = make_loggers(config, run_dir, "" if training else f"{action}-", fresh_name)
     options = dict(config.trainer)
+    if gradients:
+        options["inference_mode"] = False
     plugins = options.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     if not any(isinstance(p, CheckpointIO) for p in plugins):  # a user's own checkpoint IO wins

@@ -14,7 +14,7 @@ import torch
 from vision_pipe import Pipeline
 from vision_pipe.cli import main
 from vision_pipe.errors import ConfigError
-from vision_pipe.predict import _as_float32, autocast_dtype, predict_device
+from vision_pipe.predict import as_float32, autocast_dtype, predict_device
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -52,7 +52,7 @@ def test_half_precision_outputs_are_decoded_in_float32() -> None:
         labels: torch.Tensor
         extra: dict
 
-    out = _as_float32(Outputs(torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.long), {"a": [torch.ones(1, dtype=torch.half)]}))
+    out = as_float32(Outputs(torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.long), {"a": [torch.ones(1, dtype=torch.half)]}))
     assert out.logits.dtype == torch.float32 and out.labels.dtype == torch.long and out.extra["a"][0].dtype == torch.float32
 
 

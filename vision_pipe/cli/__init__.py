@@ -2,6 +2,8 @@
 
     vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--trust-checkpoint]
     vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]
+    vision-pipe attack CKPT [key=value ...] [--method fgsm|pgd] [--eps 0,1,2,4,8] [--alpha A] [--steps K]
+                       [--no-random-start] [--examples N] [--plugin MODULE] [--trust-checkpoint]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--device DEVICE] [--plugin MODULE]
                         [--trust-checkpoint]
     vision-pipe predict MODEL.onnx|MODEL.pt INPUT... [--out DIR]   (ONNX Runtime, no torch; TorchScript, no Lightning)
@@ -43,7 +45,7 @@ from vision_pipe.cli._common import EXIT_USAGE
 from vision_pipe.errors import VisionPipeError
 
 #: The command modules, in the order their commands are listed by ``vision-pipe --help``.
-COMMAND_MODULES = ("train", "runs", "predict", "similar", "inspect", "export", "listing")
+COMMAND_MODULES = ("train", "runs", "attack", "predict", "similar", "inspect", "export", "listing")
 
 __all__ = ["COMMAND_MODULES", "EXIT_USAGE", "build_parser", "main", "parse_args"]
 
