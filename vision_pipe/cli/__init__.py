@@ -1,7 +1,7 @@
 """``vision-pipe`` command line: a thin layer over :class:`vision_pipe.Pipeline`.
 
     vision-pipe fit PIPELINE.yaml [key=value ...] [--resume CKPT] [--no-test] [--save-json] [--trust-checkpoint]
-    vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--save-json] [--trust-checkpoint]
+    vision-pipe validate|test PIPELINE.yaml [key=value ...] [--ckpt CKPT] [--trust-checkpoint]   (test: [--save-json])
     vision-pipe attack CKPT [key=value ...] [--method fgsm|pgd] [--eps 0,1,2,4,8] [--alpha A] [--steps K]
                        [--no-random-start] [--examples N] [--plugin MODULE] [--trust-checkpoint]
     vision-pipe predict PIPELINE.yaml|CKPT INPUT... [--ckpt CKPT] [--out DIR] [--device DEVICE] [--plugin MODULE]
