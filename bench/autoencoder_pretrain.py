@@ -36,7 +36,7 @@ from pathlib import Path
 
 import cv2
 from _job import device_name
-from transfer import every_job, image_hashes, job, run_dir, same_budget, spread
+from transfer import every_job, image_hashes, job, print_arms, run_dir, same_budget
 
 from vision_pipe_plugins.loading.synthetic_shapes import synthetic_shapes
 
@@ -113,20 +113,7 @@ def main() -> None:
         f"fine-tuning: classes {', '.join(rows[0][1].pipe.class_names)}, train / val / test {sizes['train']} / "
         f"{sizes['val']} / {sizes['test']} images, {args.epochs} epochs, cosine schedule, same split per seed"
     )
-    print(
-        f"{'seed':>4} {'scratch test/acc':>16} {'pretrained test/acc':>19} {'scratch s':>9} {'pretrained s':>12}  weights"
-    )
-    for seed, scratch, tuned, report, shared in rows:
-        loaded = f"{report['loaded']} tensors loaded, {len(report['missing'])} missing"
-        overlap = f"test images among pretraining images: {shared}"
-        print(
-            f"{seed:>4} {scratch.test['test/acc']:>16.4f} {tuned.test['test/acc']:>19.4f} "
-            f"{scratch.seconds:>9.1f} {tuned.seconds:>12.1f}  {loaded}; {overlap}"
-        )
-    print(f"scratch    test/acc: {spread(r[1].test['test/acc'] for r in rows)}")
-    print(f"pretrained test/acc: {spread(r[2].test['test/acc'] for r in rows)}")
-    gains = [r[2].test["test/acc"] - r[1].test["test/acc"] for r in rows]
-    print(f"gain (pretrained − scratch, per seed): {spread(gains)}")
+    print_arms(rows, "pretrained")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import statistics
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from _job import Job, device_name, run_job
 
@@ -159,9 +160,14 @@ def main() -> None:
         f"train / val / test {sizes['train']} / {sizes['val']} / {sizes['test']} images, {args.epochs} epochs, "
         "cosine schedule, same split per seed in both arms"
     )
-    print(
-        f"{'seed':>4} {'scratch test/acc':>16} {'fine-tuned test/acc':>19} {'scratch s':>9} {'fine-tuned s':>12}  weights"
-    )
+    print_arms(rows, "fine-tuned")
+
+
+
+def print_arms(rows: list[tuple[Any, ...]], arm: str) -> None:
+    """Per seed, the from-scratch and the ``arm`` (pretrained) runs' test accuracy, time and what the weights
+    loaded, then both arms' mean ± spread and the gain; ``rows``: (seed, scratch, tuned, weights report, shared)."""
+    print(f"{'seed':>4} {'scratch test/acc':>16} {arm + ' test/acc':>19} {'scratch s':>9} {arm + ' s':>12}  weights")
     for seed, scratch, tuned, report, shared in rows:
         loaded = f"{report['loaded']} tensors loaded, {len(report['missing'])} missing"
         overlap = f"test images among pretraining images: {shared}"
@@ -170,10 +176,9 @@ def main() -> None:
             f"{scratch.seconds:>9.1f} {tuned.seconds:>12.1f}  {loaded}; {overlap}"
         )
     print(f"scratch    test/acc: {spread(r[1].test['test/acc'] for r in rows)}")
-    print(f"fine-tuned test/acc: {spread(r[2].test['test/acc'] for r in rows)}")
+    print(f"{arm} test/acc: {spread(r[2].test['test/acc'] for r in rows)}")
     gains = [r[2].test["test/acc"] - r[1].test["test/acc"] for r in rows]
-    print(f"gain (fine-tuned − scratch, per seed): {spread(gains)}")
-
+    print(f"gain ({arm} − scratch, per seed): {spread(gains)}")
 
 if __name__ == "__main__":
     main()
