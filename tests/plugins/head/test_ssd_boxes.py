@@ -326,6 +326,34 @@ def test_postprocess_equals_greedy_per_class_nms(topk: int, cap: int) -> None:
     assert total_suppressed > 0
 
 
+def test_postprocess_looks_past_the_first_candidates_when_nms_removes_most_of_them() -> None:
+    """NMS first runs on each image's best candidates only (:data:`_PREFIX_FACTOR` × the cap); an image
+    whose best candidates are near-copies of one box needs the rest, and gets them: the result still
+    equals plain greedy NMS over all candidates, for that image and for the others in the batch."""
+    from vision_pipe_plugins.head.ssd_boxes import _PREFIX_FACTOR
+
+    g = torch.Generator().manual_seed(5)
+    num_defaults, num_classes, cap = 200, 2, 6
+    copies = torch.tensor([[0.3, 0.3, 0.6, 0.6]]) + 0.002 * torch.rand(100, 4, generator=g)
+    defaults = torch.cat((copies, _random_boxes(num_defaults - 100, g)))
+    logits = torch.randn(3, num_defaults, num_classes + 1, generator=g)
+    logits[0, :100, 1] += 6.0  # image 0: its 100 best candidates are one box, over and over
+    logits[2, :, 1:] -= 4.0  # image 2: few candidates
+    offsets = torch.zeros(3, num_defaults, 4)
+    out = postprocess(logits, offsets, defaults, 32, score_thresh=0.1, nms_thresh=0.45, detections_per_img=cap)
+    beyond_prefix = 0
+    for b in range(3):
+        boxes = clip_boxes_to_image(defaults * 32, (32, 32))
+        scores = F.softmax(logits[b], dim=-1)
+        expected = _reference_postprocess(boxes, scores, 0.1, 0.45, 400, cap)
+        assert out[b]["labels"].tolist() == [c[1] for c in expected]
+        assert out[b]["scores"].tolist() == [c[0] for c in expected]
+        ordered = sorted(scores[:, 1:].flatten().tolist(), reverse=True)
+        beyond_prefix += sum(ordered.index(c[0]) >= _PREFIX_FACTOR * cap for c in expected)
+    assert len(out[0]["scores"]) == cap
+    assert beyond_prefix > 0  # the test needed the second pass
+
+
 def test_postprocess_with_nothing_above_threshold() -> None:
     defaults = _small_defaults()
     logits = torch.zeros(1, defaults.shape[0], 3)
