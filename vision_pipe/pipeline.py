@@ -367,11 +367,8 @@ class Pipeline:
         ``save_json``, writes the test split's COCO results."""
         dm = self._require_data(action)
         attack = (attack or self.config.test.attack) if action == "test" else None
-        if save_json and self.config.task != "detection":
-            raise VisionPipeError(
-                f"save_json (--save-json) writes detections in the COCO results format; pipeline "
-                f"'{self.config.name}' solves {self.config.task}"
-            )
+        if save_json:
+            check_save_json(self.config)
         pl.seed_everything(self.config.seed, workers=True, verbose=False)
         ckpt = ckpt if ckpt is not None else self.best_checkpoint
         if ckpt is None and not (self.trainer is not None and self.trainer.global_step > 0):
@@ -562,3 +559,13 @@ def _ckpt_args(run: Callable[..., Any], ckpt: str | Path | None, trust: bool) ->
 
 
 __all__ = ["Pipeline"]
+
+
+def check_save_json(config: PipelineConfig) -> None:
+    """:class:`VisionPipeError` unless ``config``'s task writes COCO results (``save_json``: detection only);
+    ``vision-pipe fit --save-json`` asks before training, not after."""
+    if config.task != "detection":
+        raise VisionPipeError(
+            f"save_json (--save-json) writes detections in the COCO results format; pipeline "
+            f"'{config.name}' solves {config.task}"
+        )

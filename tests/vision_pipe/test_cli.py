@@ -132,6 +132,14 @@ def test_errors_are_one_clear_message_with_exit_code_2(tiny_config, write_yaml, 
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_fit_save_json_on_a_classification_pipeline_stops_before_training(tiny_config, write_yaml, tmp_path, capsys):
+    path = write_yaml("p.yaml", tiny_config)
+    assert main(["fit", str(path), "--save-json"]) == 2
+    err = capsys.readouterr().err
+    assert "COCO results format" in err and "'tiny' solves classification" in err
+    assert not (tmp_path / "runs").exists()  # nothing was trained or written
+
+
 def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         main(["train"])

@@ -75,7 +75,11 @@ def _pipeline(args: argparse.Namespace) -> Any:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from vision_pipe.pipeline import check_save_json
+
     pipe = _pipeline(args)
+    if args.save_json and not args.no_test:
+        check_save_json(pipe.config)
     _preflight(pipe)
     metrics = pipe.fit(resume=args.resume, trust=args.trust_checkpoint)
     print_metrics("fit finished", {k: v for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1})
