@@ -10,6 +10,7 @@ mask file and the fix.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +56,17 @@ class MaskReader:
 
     def _decode(self, path: Path) -> np.ndarray:
         """Raw ids (H, W): palette indices, grey values, or ids of RGB colours."""
-        size = image_header_size(path, what="mask")
+        try:
+            data = path.read_bytes()  # once: for the header's size, then for the decoder
+        except OSError as exc:
+            raise DataError(f"cannot read mask {path}: {exc}") from exc
+        size = image_header_size(path, what="mask", data=data)
         if size is not None:
             check_image_pixels(path, *size, what="mask")  # before decoding anything
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap above decided
-                im = Image.open(path)
+                im = Image.open(io.BytesIO(data))
             with im:
                 im.load()
                 mode = im.mode
