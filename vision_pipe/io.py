@@ -202,10 +202,11 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     :class:`DataError` naming the file too. Paths that are not valid UTF-8 work.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"cannot read image {path}: file is missing")
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # works for any path, unlike cv2.imread
+        with open(path, "rb") as file:  # works for any path, unlike cv2.imread
+            data = np.frombuffer(file.read(), dtype=np.uint8)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise DataError(f"cannot read image {path}: file is missing") from exc
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     size = image_header_size(path, data=data.data)
@@ -333,6 +334,20 @@ def _fsync(path: Path, *, folder: bool = False) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process's umask (read from
+    ``/proc/self/status`` where there is one, so that no other thread sees a changed umask)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic(path: Path, write: Any) -> None:
     """The one atomic writer: ``write(tmp)`` into a temporary file next to ``path``, fsync it, rename it
     over ``path``, fsync the folder. A crash or a kill at any moment leaves the old file or the new one."""
@@ -341,6 +356,7 @@ def _atomic(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0o600 would hide the file from the user's group
         write(Path(tmp))
         _fsync(Path(tmp))
         os.replace(tmp, path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -69,6 +71,22 @@ def test_atomic_write_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) 
     atomic_write_text(path, "new")
     assert path.read_text() == "new"
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain.json").write_text("x")
+        atomic_write_text(tmp_path / "atomic.json", "x")
+        atomic_torch_save({"a": torch.ones(1)}, tmp_path / "atomic.pt")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == expected
+    for name in ("atomic.json", "atomic.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
 def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
