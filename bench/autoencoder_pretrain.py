@@ -6,7 +6,7 @@ with the same budget (epochs, learning-rate schedule) in both arms.
 
     .venv/bin/python bench/autoencoder_pretrain.py [--seeds 2] [--epochs 30] [--train-images 150]
                                                    [--pretrain-epochs 8] [--pretrain-images 3000]
-                                                   [--workers W] [key=value ...]
+                                                   [--workers W] [--workdir DIR] [key=value ...]
 
 - pretraining (once, a real ``Pipeline.fit()`` of ``pipelines/shapes_autoencoder.yaml``: VGG-11
   width 16 with batch norm, the ``autoencoder`` head, transposed-conv decoder, MSE, gaussian
@@ -30,6 +30,7 @@ seed's test accuracy per arm, then mean ± sample std and the range.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -82,9 +83,12 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--pretrain-images", type=int, default=3000, help="unlabelled pretraining images")
     parser.add_argument("--workers", type=int, help="DataLoader workers of every job (default: the YAML's, auto)")
+    parser.add_argument("--workdir", type=Path, help="keep the images and runs in this new folder (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both fine-tuning arms")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True)  # a new folder: runs of another invocation are never mixed in
+    with tempfile.TemporaryDirectory() if args.workdir is None else contextlib.nullcontext(str(args.workdir)) as tmp:
         out = Path(tmp)
         write_unlabelled(out / "unlabelled", args.pretrain_images, seed=1)
         pre = job(
