@@ -449,10 +449,11 @@ def _capped_nms(
     kept = torch.bincount(image[keep], minlength=batch)  # [B]
     candidates = torch.bincount(image, minlength=batch)  # [B]
     unfinished = (kept < cap) & (candidates > _PREFIX_FACTOR * cap)  # [B]
-    if bool(unfinished.any()):
-        rest = torch.nonzero(unfinished[image]).squeeze(1)  # every candidate of those images
-        again = rest[_class_wise_nms(boxes[rest], ranks[rest], ids[rest], iou_threshold)]
-        keep = torch.sort(torch.cat((keep[~unfinished[image[keep]]], again))).values  # by image, then rank
+    # unconditionally (usually on no candidate): a branch on the data would cost a GPU a synchronization
+    # whose count depended on the images
+    rest = torch.nonzero(unfinished[image]).squeeze(1)  # every candidate of those images
+    again = rest[_class_wise_nms(boxes[rest], ranks[rest], ids[rest], iou_threshold)]
+    keep = torch.sort(torch.cat((keep[~unfinished[image[keep]]], again))).values  # by image, then rank
     return keep[_rank_in_group(image[keep], batch) < cap]
 
 
