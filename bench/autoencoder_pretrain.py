@@ -6,7 +6,8 @@ with the same budget (epochs, learning-rate schedule) in both arms.
 
     .venv/bin/python bench/autoencoder_pretrain.py [--seeds 2] [--epochs 30] [--train-images 150]
                                                    [--pretrain-epochs 8] [--pretrain-images 3000]
-                                                   [--workers W] [--workdir DIR] [key=value ...]
+                                                   [--workers W] [--workdir DIR]
+                                                   [--pretrain-set KEY=VALUE ...] [key=value ...]
 
 - pretraining (once, a real ``Pipeline.fit()`` of ``pipelines/shapes_autoencoder.yaml``: VGG-11
   width 16 with batch norm, the ``autoencoder`` head, transposed-conv decoder, MSE, gaussian
@@ -56,6 +57,7 @@ def pretrain_overrides(args: argparse.Namespace, images: Path, out: Path) -> lis
         "data.split=[0.8,0.1,0.1]",
         *same_budget(args.pretrain_epochs),
         *every_job(args, out),
+        *args.pretrain_set,
     ]
 
 
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--pretrain-images", type=int, default=3000, help="unlabelled pretraining images")
     parser.add_argument("--workers", type=int, help="DataLoader workers of every job (default: the YAML's, auto)")
+    parser.add_argument(
+        "--pretrain-set", action="append", default=[], metavar="KEY=VALUE", help="an override of the pretraining only"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the images and runs in this new folder (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both fine-tuning arms")
     args = parser.parse_args()
