@@ -95,6 +95,8 @@ class PipelineModule(pl.LightningModule):
         self._loss_counts: dict[str, int] = {}
         #: set by :class:`vision_pipe.guards.NonFiniteGuard`: skip batches whose loss is NaN/inf (and count them)
         self.skip_nonfinite = False
+        #: the last epoch whose validation ran (reduce-on-plateau steps only then)
+        self._validated_epoch = -1
         self.skipped_batches = 0
         #: ``(epoch, names)``: the frozen backbone parameters trained from that epoch on (``unfreeze_at_epoch``)
         self.unfreeze_plan = (unfreeze[0], list(unfreeze[1])) if unfreeze is not None else None
@@ -185,11 +187,13 @@ class PipelineModule(pl.LightningModule):
         self._step_plateau_schedules()
 
     def _step_plateau_schedules(self) -> None:
-        """Step a reduce-on-plateau schedule at the end of the epoch, before the checkpoint callbacks.
+        """Step a reduce-on-plateau schedule at the end of a validated epoch, before the checkpoint callbacks.
 
         Lightning would step it after them, so ``last.ckpt`` would miss the
         epoch's step and a resumed run would continue with another rate.
         """
+        if self._validated_epoch != self.current_epoch:  # not validated this epoch: its value would be stale
+            return
         for config in self.trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, _Plateau) and config.interval == "epoch" and config.monitor:
                 value = self.trainer.callback_metrics.get(config.monitor)
@@ -231,6 +235,7 @@ class PipelineModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
+            self._validated_epoch = self.current_epoch
             self._log_losses("val")
             self._log_metrics("val", self.val_metrics, None)
         else:
@@ -282,7 +287,9 @@ class PipelineModule(pl.LightningModule):
             return optimizer
         sched: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
         if self.scheduler_config.name == "plateau":
-            sched["monitor"] = self.scheduler_config.monitor
+            # stepped by _step_plateau_schedules after each validation; not strict, so that Lightning does not
+            # stop a run whose epochs are not all validated (trainer.check_val_every_n_epoch > 1)
+            sched.update(monitor=self.scheduler_config.monitor, strict=False)
         return {"optimizer": optimizer, "lr_scheduler": sched}
 
     # -- checkpoints --------------------------------------------------------

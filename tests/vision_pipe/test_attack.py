@@ -148,7 +148,8 @@ def test_adversarial_training_runs_and_logs_the_attacked_share(tiny_config):
 def test_fcn_and_ssd_are_attacked_through_their_own_loss_and_metrics(task, metric, tmp_path):
     root = Path(__file__).resolve().parents[2]
     tiny = ["data.loader.num_images=24", "data.loader.size=32", "data.input_size=[32,32]", "data.batch_size=8"]
-    tiny += ["data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
+    tiny += ["data.num_workers=0", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1"]
+    tiny += ["trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
     tiny += ["~early_stopping"]
     tiny += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", f"output_dir={tmp_path}"]
     pipe = Pipeline.from_yaml(root / f"pipelines/shapes_{task}.yaml", tiny)

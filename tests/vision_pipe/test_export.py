@@ -27,6 +27,7 @@ TINY_RUN = [
     "data.batch_size=8",
     "data.num_workers=0",
     "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -252,7 +253,7 @@ def test_export_at_a_size_the_backbone_strides_do_not_divide(tmp_path: Path) -> 
     """A backbone without pooling indices (resnet, first map at stride 4): the FCN's masks at 65×50 would be
     68×52, which export refuses, naming both sizes."""
     overrides = [*TINY_RUN, "data.normalization={name: channel_stats}", f"output_dir={tmp_path}"]
-    overrides.append("model.backbone={name: resnet, depth: 10, width: 4, stages: 3, stem: imagenet}")
+    overrides += ["model.backbone={name: resnet, depth: 10, width: 4, stages: 3, stem: imagenet}", "model.head.upsample=transposed"]
     pipe = Pipeline.from_yaml(ROOT / "pipelines/shapes_segmentation.yaml", overrides)
     assert pipe.export(tmp_path / "ok", format="torchscript", input_size=[64, 48]).is_file()
     with pytest.raises(VisionPipeError, match=r"65×50: head 'fcn' gives masks of 68×52.*strides divide"):

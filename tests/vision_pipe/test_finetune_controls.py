@@ -242,3 +242,15 @@ def test_parameters_no_output_uses_are_frozen_and_never_unfrozen(tiny_config):
     assert names and all(n.startswith("stage1.") for n in names)
     assert not any(p.requires_grad for n, p in module.named_parameters() if n in stage2)
     assert all(p.requires_grad for n, p in module.named_parameters() if n.startswith("head."))
+
+
+def test_reduce_on_plateau_steps_once_per_validation_when_epochs_are_skipped(tiny_config):
+    """``trainer.check_val_every_n_epoch: 2``: the run is not stopped by Lightning for the epochs without a
+    val/loss, and the schedule steps after each validation only (a stale value would count twice)."""
+    tiny_config["trainer"].update(max_epochs=4, check_val_every_n_epoch=2)
+    tiny_config["scheduler"] = {"name": "plateau", "patience": 0}
+    pipe = Pipeline.from_dict(tiny_config)
+    pipe.fit()
+    (config,) = pipe.trainer.lr_scheduler_configs
+    assert config.scheduler.last_epoch == 2  # validations after epochs 2 and 4
+    assert pipe.best_checkpoint is not None
