@@ -95,9 +95,9 @@ class PipelineModule(pl.LightningModule):
         self._loss_counts: dict[str, int] = {}
         #: set by :class:`vision_pipe.guards.NonFiniteGuard`: skip batches whose loss is NaN/inf (and count them)
         self.skip_nonfinite = False
+        self.skipped_batches = 0
         #: the last epoch whose validation ran (reduce-on-plateau steps only then)
         self._validated_epoch = -1
-        self.skipped_batches = 0
         #: ``(epoch, names)``: the frozen backbone parameters trained from that epoch on (``unfreeze_at_epoch``)
         self.unfreeze_plan = (unfreeze[0], list(unfreeze[1])) if unfreeze is not None else None
         #: what loading ``model.backbone.weights`` did (the run's ``weights.json``); set by the build

@@ -558,9 +558,6 @@ def _ckpt_args(run: Callable[..., Any], ckpt: str | Path | None, trust: bool) ->
     return args
 
 
-__all__ = ["Pipeline"]
-
-
 def check_save_json(config: PipelineConfig) -> None:
     """:class:`VisionPipeError` unless ``config``'s task writes COCO results (``save_json``: detection only);
     ``vision-pipe fit --save-json`` asks before training, not after."""
@@ -569,3 +566,6 @@ def check_save_json(config: PipelineConfig) -> None:
             f"save_json (--save-json) writes detections in the COCO results format; pipeline "
             f"'{config.name}' solves {config.task}"
         )
+
+
+__all__ = ["Pipeline"]
