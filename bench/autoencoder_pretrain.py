@@ -6,8 +6,9 @@ with the same budget (epochs, learning-rate schedule) in both arms.
 
     .venv/bin/python bench/autoencoder_pretrain.py [--seeds 2] [--epochs 30] [--train-images 150]
                                                    [--pretrain-epochs 8] [--pretrain-images 3000]
-                                                   [--workers W] [--workdir DIR]
-                                                   [--pretrain-set KEY=VALUE ...] [key=value ...]
+                                                   [--workers W] [--workdir DIR] [--reuse WORKDIR]
+                                                   [--pretrain-set KEY=VALUE ...] [--tuned-set KEY=VALUE ...]
+                                                   [--load-stages stage1,stage2] [key=value ...]
 
 - pretraining (once, a real ``Pipeline.fit()`` of ``pipelines/shapes_autoencoder.yaml``: VGG-11
   width 16 with batch norm, the ``autoencoder`` head, transposed-conv decoder, MSE, gaussian
@@ -22,7 +23,12 @@ with the same budget (epochs, learning-rate schedule) in both arms.
   tensors, strictly). Same split per seed in both arms (checked from ``splits.json``).
 
 Every fine-tuning arm: ``--epochs`` epochs, cosine schedule, no early stopping, Adam lr
-0.002, the YAML's augmentation, an empty statistics cache of its own. The script checks that
+0.002, the YAML's augmentation, an empty statistics cache of its own. ``--tuned-set`` overrides the
+pretrained arm only (e.g. ``optimizer.backbone_lr=0.0005``, or a frozen backbone for the first epochs);
+``--load-stages`` gives it only those backbone stages' tensors of the autoencoder (a partial state
+dict, loaded with ``strict: false``; the other stages keep their He init). ``--reuse WORKDIR`` skips the
+pretraining and fine-tunes from the one an earlier ``--workdir WORKDIR`` run made (its ``pretrain/`` run
+and ``unlabelled/`` images), so that fine-tuning variants do not pay for it again. The script checks that
 no fine-tuning test image is among the pretraining images (by their pixels) and reads the
 tensors loaded from ``weights.json``. Prints the pretraining PSNR and time (paid once), each
 seed's test accuracy per arm, then mean ± sample std and the range.
@@ -32,11 +38,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import tempfile
 from pathlib import Path
 
 import cv2
+import torch
 from _job import device_name
 from transfer import every_job, image_hashes, job, print_arms, run_dir, same_budget
 
@@ -49,6 +57,35 @@ def write_unlabelled(folder: Path, count: int, seed: int) -> None:
     source = synthetic_shapes(num_images=count, size=48, seed=seed).load("reconstruction").splits["all"]
     for i in range(len(source)):
         cv2.imwrite(str(folder / f"{i:05d}.png"), source[i]["image"][:, :, ::-1])
+
+
+def png_hashes(folder: Path) -> set[str]:
+    """The pixel hashes of ``folder``'s PNG files as RGB arrays (the form :func:`image_hashes` hashes)."""
+    return {
+        hashlib.sha256(cv2.imread(str(f), cv2.IMREAD_COLOR)[:, :, ::-1].copy().tobytes()).hexdigest()
+        for f in sorted(folder.glob("*.png"))
+    }
+
+
+def newest_run(folder: Path) -> Path:
+    runs = sorted(p for p in folder.iterdir() if (p / "checkpoints" / "best.ckpt").is_file())
+    if not runs:
+        raise SystemExit(f"--reuse: no run with checkpoints/best.ckpt under {folder}")
+    return runs[-1]
+
+
+def stage_weights(run: Path, stages: list[str], out: Path) -> Path:
+    """The backbone tensors of ``stages`` in ``run``'s best.ckpt, saved as a backbone state dict at ``out``."""
+    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    kept = {
+        name.removeprefix("backbone."): tensor
+        for name, tensor in state.items()
+        if any(name.startswith(f"backbone.{stage}.") for stage in stages)
+    }
+    if not kept:
+        raise SystemExit(f"--load-stages {','.join(stages)}: no backbone tensor of {run} belongs to these stages")
+    torch.save(kept, out)
+    return out
 
 
 def pretrain_overrides(args: argparse.Namespace, images: Path, out: Path) -> list[str]:
@@ -88,24 +125,55 @@ def main() -> None:
     parser.add_argument(
         "--pretrain-set", action="append", default=[], metavar="KEY=VALUE", help="an override of the pretraining only"
     )
-    parser.add_argument("--workdir", type=Path, help="keep the images and runs in this new folder (default: a temporary one)")
+    parser.add_argument(
+        "--tuned-set", action="append", default=[], metavar="KEY=VALUE", help="an override of the pretrained arm only"
+    )
+    parser.add_argument("--load-stages", help="comma-separated backbone stages the pretrained arm loads (default: all)")
+    parser.add_argument(
+        "--workdir", type=Path, help="keep the images and runs in this new folder (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--reuse", type=Path, metavar="WORKDIR", help="fine-tune from an earlier --workdir's pretraining"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further overrides of both fine-tuning arms")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True)  # a new folder: runs of another invocation are never mixed in
     with tempfile.TemporaryDirectory() if args.workdir is None else contextlib.nullcontext(str(args.workdir)) as tmp:
         out = Path(tmp)
-        write_unlabelled(out / "unlabelled", args.pretrain_images, seed=1)
-        pre = job(
-            pretrain_overrides(args, out / "unlabelled", out / "pretrain"), out / "cache" / "pre", "shapes_autoencoder"
-        )
-        pretrain_images = set().union(*(image_hashes(source) for source in pre.pipe.splits.values()))
+        if args.reuse is None:
+            write_unlabelled(out / "unlabelled", args.pretrain_images, seed=1)
+            pre = job(
+                pretrain_overrides(args, out / "unlabelled", out / "pretrain"),
+                out / "cache" / "pre",
+                "shapes_autoencoder",
+            )
+            pre_run = run_dir(pre)
+            pretrain_images = set().union(*(image_hashes(source) for source in pre.pipe.splits.values()))
+            pretrained = (
+                f"{len(pre.pipe.splits['train'])} training images, {pre.epochs} epochs: test/psnr "
+                f"{pre.test['test/psnr']:.2f} dB, fit + test {pre.seconds:.1f} s (paid once)"
+            )
+        else:
+            pre_run = newest_run(args.reuse / "pretrain" / "shapes_autoencoder")
+            pretrain_images = png_hashes(args.reuse / "unlabelled")
+            metrics = json.loads((pre_run / "metrics.json").read_text())
+            pretrained = (
+                f"reused {pre_run}: {int(metrics['fit/epochs'])} epochs, test/psnr {metrics['test/psnr']:.2f} dB"
+            )
+        weights = [f"model.backbone.weights={pre_run}"]
+        if args.load_stages:
+            stages = args.load_stages.split(",")
+            weights = [
+                f"model.backbone.weights={stage_weights(pre_run, stages, out / 'stage_weights.pt')}",
+                "model.backbone.strict=false",
+            ]
         rows = []
         for seed in range(args.seeds):
             base = finetune_overrides(args, seed, out / f"seed{seed}")
             name = "shapes_from_autoencoder"
             scratch = job([*base, "model.backbone.weights=null"], out / "cache" / f"scratch{seed}", name)
-            tuned = job([*base, f"model.backbone.weights={run_dir(pre)}"], out / "cache" / f"tuned{seed}", name)
+            tuned = job([*base, *weights, *args.tuned_set], out / "cache" / f"tuned{seed}", name)
             splits = [(run_dir(arm) / "splits.json").read_text() for arm in (scratch, tuned)]
             assert splits[0] == splits[1], f"seed {seed}: the arms' splits differ"
             report = json.loads((run_dir(tuned) / "weights.json").read_text())
@@ -114,10 +182,9 @@ def main() -> None:
     sizes = {k: len(v) for k, v in rows[0][1].pipe.splits.items()}
     print()
     print(f"device: {device_name()}")
-    print(
-        f"pretraining (autoencoder, unlabelled_folder): {len(pre.pipe.splits['train'])} training images, "
-        f"{pre.epochs} epochs: test/psnr {pre.test['test/psnr']:.2f} dB, fit + test {pre.seconds:.1f} s (paid once)"
-    )
+    print(f"pretraining (autoencoder, unlabelled_folder): {pretrained}")
+    if args.load_stages or args.tuned_set:
+        print(f"pretrained arm: stages {args.load_stages or 'all'}, overrides {' '.join(args.tuned_set) or 'none'}")
     print(
         f"fine-tuning: classes {', '.join(rows[0][1].pipe.class_names)}, train / val / test {sizes['train']} / "
         f"{sizes['val']} / {sizes['test']} images, {args.epochs} epochs, cosine schedule, same split per seed"
