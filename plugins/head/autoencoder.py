@@ -11,8 +11,10 @@ against the *clean* input pixels ``batch["image"] / 255`` in [0, 1] — the same
 scale whatever the normalization stage does, so the PSNR of the reconstruction
 task is comparable across pipelines. Denoising: ``noise: {gaussian: σ}`` adds
 N(0, σ²) noise in [0, 1] units (σ × 255 grey levels, clipped to [0, 255]),
-``noise: {mask: p}`` sets each pixel (all three channels) to 0 with probability p;
-both may be given (noise first). The corruption applies to the model's input in
+``noise: {mask: p}`` sets each pixel (all three channels) to 0 with probability p,
+``noise: {block: f}`` sets one random rectangle per image covering a fraction f of it
+(sides √f × H and √f × W, rounded) to 0 — inpainting, as in context encoders, which needs
+the content around the hole to fill it; any of them may be given (applied in that order). The corruption applies to the model's input in
 training steps only (:meth:`~vision_pipe.Head.training_inputs`), never to the
 target nor to validation, test or prediction.
 """
@@ -44,6 +46,22 @@ from .fcn import decoder_strides, fit_size, image_size, require_pool_indices, st
 
 #: Seed of the noise drawn for the evaluation picture (the same corruption every epoch).
 _PICTURE_SEED = 0
+
+
+def block_mask(
+    batch: int, size: tuple[int, int], fraction: float, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """(batch, 1, H, W) bool, True inside one rectangle per image of sides ``round(√fraction × H)`` and
+    ``round(√fraction × W)`` (at least 1 pixel each) at a uniformly random place inside the image."""
+    h, w = size
+    side_h = min(h, max(1, round(fraction**0.5 * h)))
+    side_w = min(w, max(1, round(fraction**0.5 * w)))
+    corner = torch.rand((batch, 2), generator=generator, device=device)
+    top = (corner[:, 0] * (h - side_h + 1)).long().clamp(max=h - side_h)[:, None, None, None]
+    left = (corner[:, 1] * (w - side_w + 1)).long().clamp(max=w - side_w)[:, None, None, None]
+    rows = torch.arange(h, device=device)[None, None, :, None]
+    cols = torch.arange(w, device=device)[None, None, None, :]
+    return (rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w)
 
 
 class AutoencoderHead(Head):
@@ -92,10 +110,12 @@ class AutoencoderHead(Head):
         if self.noise.get("gaussian", 0.0) > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device) * (self.noise["gaussian"] * 255.0)
             x = (x + noise).clamp(0.0, 255.0)
+        b, _, h, w = x.shape
         if self.noise.get("mask", 0.0) > 0:
-            b, _, h, w = x.shape
             keep = torch.rand((b, 1, h, w), generator=generator, device=x.device) >= self.noise["mask"]
             x = x * keep
+        if self.noise.get("block", 0.0) > 0:
+            x = x * ~block_mask(b, (h, w), self.noise["block"], generator, x.device)
         return x
 
     def training_inputs(self, images: Tensor) -> Tensor:
@@ -135,7 +155,7 @@ class AutoencoderHead(Head):
         return predictions
 
 
-NoiseKind = Literal["gaussian", "mask"]
+NoiseKind = Literal["gaussian", "mask", "block"]
 
 
 @stage("head", "autoencoder")
@@ -155,12 +175,14 @@ def autoencoder(
         channels: decoder width.
         loss: ``mse`` or ``l1``, against the clean input pixels in [0, 1].
         noise: denoising, training inputs only: ``{gaussian: σ}`` (std in [0, 1] pixel units) and/or
-            ``{mask: p}`` (fraction of pixels set to 0, p < 1).
+            ``{mask: p}`` (fraction of pixels set to 0, p < 1) and/or ``{block: f}`` (one rectangle
+            per image, a fraction f < 1 of its area, set to 0: inpainting).
     """
-    if noise and noise.get("mask", 0.0) >= 1:
-        raise StageError(
-            f"head 'autoencoder': noise.mask is the fraction of pixels hidden, below 1; got {noise['mask']}"
-        )
+    for kind in ("mask", "block"):
+        if noise and noise.get(kind, 0.0) >= 1:
+            raise StageError(
+                f"head 'autoencoder': noise.{kind} is the fraction of the image hidden, below 1; got {noise[kind]}"
+            )
     if upsample == "unpool":
         require_pool_indices(context, "autoencoder")
     infos = sorted(context.features, key=lambda info: info.stride)

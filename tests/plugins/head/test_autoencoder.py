@@ -102,12 +102,34 @@ def test_decode_resizes_to_the_original_size_with_the_psnr_against_the_input(bac
 def test_unknown_noise_key_is_an_error_naming_the_key(backbone) -> None:
     with pytest.raises(ParameterError) as err:
         make_entry(autoencoder).build({"noise": {"salt": 0.1}}, make_context(backbone))
-    assert str(err.value) == "head stage 'autoencoder': noise must be dict['gaussian' | 'mask', float ≥ 0], got 'salt'"
+    assert (
+        str(err.value)
+        == "head stage 'autoencoder': noise must be dict['gaussian' | 'mask' | 'block', float ≥ 0], got 'salt'"
+    )
 
 
-def test_mask_fraction_of_one_is_refused(backbone) -> None:
-    with pytest.raises(StageError, match=r"noise\.mask"):
-        autoencoder(make_context(backbone), noise={"mask": 1.0})
+@pytest.mark.parametrize("kind", ["mask", "block"])
+def test_a_fraction_of_one_is_refused(backbone, kind) -> None:
+    with pytest.raises(StageError, match=rf"noise\.{kind}"):
+        autoencoder(make_context(backbone), noise={kind: 1.0})
+
+
+def test_block_noise_hides_one_rectangle_of_the_asked_area_per_image(backbone) -> None:
+    head = autoencoder(make_context(backbone), noise={"block": 0.25})
+    torch.manual_seed(0)
+    images = torch.full((400, 3, 32, 20), 200, dtype=torch.uint8)
+    corrupted = head.training_inputs(images)
+    hidden = (corrupted == 0).all(dim=1)  # (B, H, W): all three channels of a pixel, nothing else touched
+    assert torch.all(hidden | (corrupted == 200).all(dim=1))
+    for k in range(len(images)):
+        rows = hidden[k].any(dim=1).nonzero().flatten()
+        cols = hidden[k].any(dim=0).nonzero().flatten()
+        # one 16 x 10 rectangle (sqrt(0.25) of each side), contiguous: its bounding box is all hidden
+        assert (len(rows), len(cols)) == (16, 10) and int(hidden[k].sum()) == 160
+        assert rows[-1] - rows[0] == 15 and cols[-1] - cols[0] == 9
+    tops = {int(hidden[k].any(dim=1).nonzero()[0]) for k in range(len(images))}
+    lefts = {int(hidden[k].any(dim=0).nonzero()[0]) for k in range(len(images))}
+    assert tops == set(range(17)) and lefts == set(range(11))  # every place inside the image, over 400 draws
 
 
 def test_unpool_needs_pool_indices() -> None:
