@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -48,7 +47,10 @@ import torch
 from _job import device_name
 from transfer import every_job, image_hashes, job, print_arms, run_dir, same_budget
 
+from vision_pipe.checkpoints import read_checkpoint
+from vision_pipe.finetune import weights_file
 from vision_pipe_plugins.loading.synthetic_shapes import synthetic_shapes
+from vision_pipe_plugins.loading.unlabelled_folder import unlabelled_folder
 
 
 def write_unlabelled(folder: Path, count: int, seed: int) -> None:
@@ -60,30 +62,21 @@ def write_unlabelled(folder: Path, count: int, seed: int) -> None:
 
 
 def png_hashes(folder: Path) -> set[str]:
-    """The pixel hashes of ``folder``'s PNG files as RGB arrays (the form :func:`image_hashes` hashes)."""
-    return {
-        hashlib.sha256(cv2.imread(str(f), cv2.IMREAD_COLOR)[:, :, ::-1].copy().tobytes()).hexdigest()
-        for f in sorted(folder.glob("*.png"))
-    }
+    """The pixel hashes (:func:`image_hashes`) of the images in ``folder`` as the ``unlabelled_folder`` loader
+    reads them, i.e. as the pretraining saw them."""
+    return image_hashes(unlabelled_folder(folder).load("reconstruction").splits["all"])
 
 
-def newest_run(folder: Path) -> Path:
-    runs = sorted(p for p in folder.iterdir() if (p / "checkpoints" / "best.ckpt").is_file())
-    if not runs:
-        raise SystemExit(f"--reuse: no run with checkpoints/best.ckpt under {folder}")
-    return runs[-1]
-
-
-def stage_weights(run: Path, stages: list[str], out: Path) -> Path:
-    """The backbone tensors of ``stages`` in ``run``'s best.ckpt, saved as a backbone state dict at ``out``."""
-    state = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+def stage_weights(checkpoint: Path, stages: list[str], out: Path) -> Path:
+    """The backbone tensors of ``stages`` in ``checkpoint``, saved as a backbone state dict at ``out``."""
+    state = read_checkpoint(checkpoint)["state_dict"]
     kept = {
         name.removeprefix("backbone."): tensor
         for name, tensor in state.items()
         if any(name.startswith(f"backbone.{stage}.") for stage in stages)
     }
     if not kept:
-        raise SystemExit(f"--load-stages {','.join(stages)}: no backbone tensor of {run} belongs to these stages")
+        raise SystemExit(f"--load-stages {','.join(stages)}: no backbone tensor of {checkpoint} is in these stages")
     torch.save(kept, out)
     return out
 
@@ -155,7 +148,8 @@ def main() -> None:
                 f"{pre.test['test/psnr']:.2f} dB, fit + test {pre.seconds:.1f} s (paid once)"
             )
         else:
-            pre_run = newest_run(args.reuse / "pretrain" / "shapes_autoencoder")
+            # the checkpoint model.backbone.weights would take from that pretraining's runs folder
+            pre_run = weights_file(args.reuse / "pretrain" / "shapes_autoencoder", "--reuse").parent.parent
             pretrain_images = png_hashes(args.reuse / "unlabelled")
             metrics = json.loads((pre_run / "metrics.json").read_text())
             pretrained = (
@@ -163,11 +157,9 @@ def main() -> None:
             )
         weights = [f"model.backbone.weights={pre_run}"]
         if args.load_stages:
-            stages = args.load_stages.split(",")
-            weights = [
-                f"model.backbone.weights={stage_weights(pre_run, stages, out / 'stage_weights.pt')}",
-                "model.backbone.strict=false",
-            ]
+            checkpoint = weights_file(pre_run, "--load-stages")
+            partial = stage_weights(checkpoint, args.load_stages.split(","), out / "stage_weights.pt")
+            weights = [f"model.backbone.weights={partial}", "model.backbone.strict=false"]
         rows = []
         for seed in range(args.seeds):
             base = finetune_overrides(args, seed, out / f"seed{seed}")
