@@ -164,9 +164,18 @@ _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 def sniff_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """``(width, height)`` of a PNG (its IHDR chunk) or a JPEG (its first start-of-frame segment) from the
     file's first bytes; ``None`` for another format or a header that cannot be parsed."""
+    header = _sniff_header(data)
+    return None if header is None else header[:2]
+
+
+def _sniff_header(data: bytes | memoryview) -> tuple[int, int, bool] | None:
+    """``(width, height, rgb8)`` of a PNG or JPEG header (see :func:`sniff_image_size`); ``rgb8``: the
+    file holds 8-bit samples in three colour channels (a PNG of colour type 2, a JPEG with 3 components),
+    which OpenCV can decode straight into RGB."""
     head = bytes(data[:_SNIFF_BYTES])
-    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 24:
-        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) >= 26:
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return width, height, head[24] == 8 and head[25] == 2
     if head[:2] != b"\xff\xd8":
         return None
     i = 2
@@ -182,15 +191,31 @@ def sniff_image_size(data: bytes | memoryview) -> tuple[int, int] | None:
             continue
         length = int.from_bytes(head[i + 2 : i + 4], "big")
         if marker in _JPEG_FRAMES:
-            if i + 9 > len(head) or length < 7:
+            if i + 10 > len(head) or length < 8:
                 return None
             height = int.from_bytes(head[i + 5 : i + 7], "big")
             width = int.from_bytes(head[i + 7 : i + 9], "big")
-            return width, height
+            return width, height, head[i + 4] == 8 and head[i + 9] == 3
         if marker in (0xD9, 0xDA) or length < 2:  # end of image / start of scan before any frame header
             return None
         i += 2 + length
     return None
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """The whole file, read with unbuffered system calls (~5 µs less than ``open().read()`` a file)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        chunks = [os.read(fd, 1 << 20)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 20))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+#: OpenCV's flag to decode into RGB order (OpenCV >= 4.11; without it every image takes the general path).
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
@@ -201,25 +226,29 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     :class:`DataError` before anything is decoded. Any decoder failure is a
     :class:`DataError` naming the file too. Paths that are not valid UTF-8 work.
     """
-    path = Path(path)
     try:
-        with open(path, "rb") as file:  # works for any path, unlike cv2.imread
-            data = np.frombuffer(file.read(), dtype=np.uint8)
+        data = np.frombuffer(_read_bytes(path), dtype=np.uint8)  # any path works, unlike cv2.imread
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise DataError(f"cannot read image {path}: file is missing") from exc
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
-    size = image_header_size(path, data=data.data)
+    header = _sniff_header(data.data)
+    size = header[:2] if header is not None else image_header_size(path, data=data.data)
     if size is not None:
         check_image_pixels(path, *size, max_pixels=max_pixels)
+    # 8-bit colour PNGs and JPEGs decode straight into RGB; anything else keeps its depth and channels
+    # (ANYDEPTH | ANYCOLOR: 16-bit and grey stay so, and the EXIF orientation applies, unlike UNCHANGED)
+    rgb8 = header is not None and header[2] and _IMREAD_RGB is not None
     try:
-        # ANYDEPTH | ANYCOLOR keeps 16-bit and gray images and applies the EXIF orientation (UNCHANGED does not)
-        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+        flags = _IMREAD_RGB if rgb8 and _IMREAD_RGB is not None else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+        image = cv2.imdecode(data, flags) if data.size else None
     except (cv2.error, ValueError, MemoryError) as exc:
         raise DataError(f"cannot read image {path}: the decoder failed ({exc!s:.300})") from exc
     if image is None:
         raise DataError(f"cannot read image {path}: not a valid image file ({IMAGE_EXTENSION_LIST})")
     check_image_pixels(path, image.shape[1], image.shape[0], max_pixels=max_pixels)
+    if rgb8 and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
     try:
         return to_rgb(image, path)
     except cv2.error as exc:

@@ -134,6 +134,45 @@ def test_sniffed_size_equals_pillows(tmp_path: Path, suffix: str, params: list[i
     assert image_header_size(path, data=memoryview(data)) == expected
 
 
+@pytest.mark.parametrize(
+    ("suffix", "params", "shape", "rgb8"),
+    [
+        (".png", [], (37, 53, 3), True),
+        (".png", [], (5, 30), False),  # grey
+        (".png", [], (20, 24, 4), False),  # with alpha
+        (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 35], (48, 31, 3), True),
+        (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], (70, 90, 3), True),
+        (".jpg", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444], (33, 17, 3), True),
+        (".jpg", [], (9, 100), False),  # grey
+    ],
+)
+def test_rgb_decoding_gives_the_general_paths_pixels(
+    tmp_path: Path, suffix: str, params: list[int], shape: tuple[int, ...], rgb8: bool
+) -> None:
+    """8-bit colour PNGs and JPEGs are decoded straight into RGB: the same pixels as decoding them as they
+    are and converting (every other file's path)."""
+    from vision_pipe.io import _sniff_header, to_rgb
+
+    path = tmp_path / f"x{suffix}"
+    image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 255, shape, dtype=np.uint8), (5, 5), 0)
+    assert cv2.imwrite(str(path), image, params)
+    data = np.fromfile(path, np.uint8)
+    assert _sniff_header(data.data) == (shape[1], shape[0], rgb8)
+    general = to_rgb(cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR))
+    read = read_image(path)
+    assert read.shape == (*shape[:2], 3) and read.dtype == np.uint8 and read.flags.c_contiguous
+    assert np.array_equal(read, general)
+
+
+def test_16_bit_pngs_keep_the_general_path(tmp_path: Path) -> None:
+    from vision_pipe.io import _sniff_header
+
+    path = tmp_path / "deep.png"
+    assert cv2.imwrite(str(path), np.full((3, 4, 3), 257 * 200, np.uint16))
+    assert _sniff_header(path.read_bytes()) == (4, 3, False)
+    assert read_image(path).tolist() == [[[200] * 3] * 4] * 3  # rounded from 16 bits, not truncated
+
+
 def test_jpeg_size_is_found_after_an_exif_block(tmp_path: Path) -> None:
     from PIL import Image
 
