@@ -214,21 +214,42 @@ class PipelineDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.source[index]
-        return transform_sample(sample, self.task, self.transform, self.input_size)
+        return transform_sample(self.source[index], self.task, self.transform, self.input_size)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The samples of one batch (the DataLoader fetches batches this way): the augmentation is seeded
+        once for the batch, from torch's RNG as :func:`transform_sample` does per sample, and its random
+        streams run on through the batch's samples in order — as reproducible, and ~10 µs a sample less."""
+        seed_transform(self.transform, draw_seed())
+        source, task, transform, size = self.source, self.task, self.transform, self.input_size
+        return [transform_sample(source[i], task, transform, size, seed=False) for i in indices]
+
+
+def draw_seed() -> int:
+    """An augmentation seed drawn from torch's RNG, which Lightning seeds per process and per worker:
+    what makes the augmentation reproducible under the pipeline's seed."""
+    return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 def transform_sample(
-    sample: Mapping[str, Any], task: str | Task | None, transform: A.Compose, input_size: tuple[int, int]
+    sample: Mapping[str, Any],
+    task: str | Task | None,
+    transform: A.Compose,
+    input_size: tuple[int, int],
+    *,
+    seed: bool = True,
 ) -> dict[str, Any]:
-    """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8, the task's targets) and ``meta``."""
+    """Apply ``transform`` to one sample; return tensors (image (3, H, W) uint8, the task's targets) and ``meta``.
+
+    ``seed``: seed ``transform`` for this sample from torch's RNG first (:func:`draw_seed`); ``False``
+    when the caller seeded it for a batch (:meth:`PipelineDataset.__getitems__`).
+    """
     spec = as_task(task)
     sample_id = str(sample.get("id", "?"))
     image = check_image(sample.get("image"), sample_id)
     inputs: dict[str, Any] = {"image": image, **spec.transform_inputs(sample)}
-    # Reproducible under the pipeline seed: each sample's augmentation seed is
-    # drawn from torch's RNG, which Lightning seeds per process and per worker.
-    seed_transform(transform, int(torch.randint(0, 2**31 - 1, ()).item()))
+    if seed:
+        seed_transform(transform, draw_seed())
     out = transform(**inputs)
     image = out["image"]
     if image.shape[:2] != tuple(input_size):
@@ -244,11 +265,18 @@ def transform_sample(
     }
 
 
+def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of equally shaped tensors; in a DataLoader worker, into shared memory directly
+    (as torch's ``default_collate`` does), where a plain stack is copied there again to leave the worker
+    (~30 µs a 224 px image)."""
+    return torch.utils.data.default_collate(list(tensors))
+
+
 def collate(items: list[dict[str, Any]], task: str | Task | None = None) -> Batch:
     """Stack the images, list the ``meta``; the targets as ``task`` collates them (by default, the
     task whose targets the items have): stacked labels or masks, per-image lists of boxes."""
     spec = as_task(task) if task is not None else task_of_item(items[0])
-    batch: dict[str, Any] = {"image": torch.stack([it["image"] for it in items]), "meta": [it["meta"] for it in items]}
+    batch: dict[str, Any] = {"image": stack([it["image"] for it in items]), "meta": [it["meta"] for it in items]}
     batch.update(spec.collate_targets(items))
     return batch  # type: ignore[return-value]
 

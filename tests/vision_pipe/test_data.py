@@ -152,7 +152,7 @@ def _item(h: int = 4, w: int = 6, **targets: Any) -> dict[str, Any]:
 
 
 def test_collate_classification_stacks_labels() -> None:
-    items = [_item(label=torch.tensor(i, dtype=torch.int64)) for i in (2, 0, 1)]
+    items = [_item(label=i) for i in (2, 0, 1)]  # an int per item, one tensor per batch
     items[1]["image"][:] = 7
     batch = collate(items)
     assert batch["image"].shape == (3, 3, 4, 6) and batch["image"].dtype == torch.uint8
@@ -204,9 +204,9 @@ def test_resize_to_input_size(task: str) -> None:
     assert item["image"].shape == (3, 12, 16) and item["image"].dtype == torch.uint8
     assert item["meta"] == {"id": "s0", "orig_size": (30, 20)}
     if task == "classification":
-        assert item["label"].item() == 3 and item["label"].dtype == torch.int64
+        assert item["label"] == 3 and isinstance(item["label"], int)  # collate makes the batch tensor
     elif task == "segmentation":
-        assert item["mask"].shape == (12, 16) and item["mask"].dtype == torch.int64
+        assert item["mask"].shape == (12, 16) and item["mask"].dtype == torch.uint8  # int64 on the device
     else:
         assert item["boxes"].shape == (1, 4) and item["labels"].tolist() == [1]
 
@@ -231,10 +231,20 @@ def test_segmentation_mask_resize_is_nearest() -> None:
         assert set(item["mask"].unique().tolist()) <= {0, 3, 255}
 
 
-def test_segmentation_uint8_mask_becomes_int64() -> None:
-    mask = np.array([[0, 1], [2, 255]], np.uint8)
-    item = _apply({"id": "m", "image": _random_image(2, 2), "mask": mask}, "segmentation", (2, 2))
-    assert item["mask"].dtype == torch.int64 and item["mask"].tolist() == [[0, 1], [2, 255]]
+def test_segmentation_masks_stay_compact_until_the_device() -> None:
+    from vision_pipe.data import PipelineDataModule, collate
+
+    for dtype in (np.uint8, np.int64):
+        mask = np.array([[0, 1], [2, 255]], dtype)
+        item = _apply({"id": "m", "image": _random_image(2, 2), "mask": mask}, "segmentation", (2, 2))
+        assert item["mask"].dtype == torch.uint8 and item["mask"].tolist() == [[0, 1], [2, 255]]
+    batch = collate([item, item], "segmentation")
+    assert batch["mask"].dtype == torch.uint8
+    dm = PipelineDataModule({}, "segmentation", (2, 2), [], batch_size=2, num_workers=0)
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved["mask"].dtype == torch.int64 and moved["mask"][1].tolist() == [[0, 1], [2, 255]]
+    wide = _apply({"id": "w", "image": _random_image(2, 2), "mask": np.array([[0, 300], [2, 255]])}, "segmentation", (2, 2))
+    assert collate([wide], "segmentation")["mask"].dtype == torch.int64  # ids above 255 stay wide
 
 
 def _detection_sample(boxes: list[list[float]], labels: list[int]) -> Sample:
@@ -313,6 +323,32 @@ def test_one_transform_reused_is_reproducible() -> None:
         torch.manual_seed(seed)
         outputs.append(transform_sample(sample, "classification", transform, (16, 16))["image"])
     assert torch.equal(outputs[0], outputs[2]) and not torch.equal(outputs[0], outputs[1])
+
+
+def test_a_batch_is_seeded_once_from_torch_and_repeats_under_the_same_seed() -> None:
+    """The DataLoader fetches a batch with ``__getitems__``: one draw from torch's RNG seeds the batch."""
+    from vision_pipe.data import PipelineDataset, draw_seed
+
+    class SameImage(IdSource):  # one image at every index: outputs differ by their augmentation only
+        def __getitem__(self, index: int) -> Sample:
+            return {"id": str(index), "image": _random_image(16, 16, seed=7), "label": 0}
+
+    transform = build_transform("classification", (16, 16), [A.Affine(rotate=(-30, 30), p=1.0), A.HorizontalFlip()])
+    ds = PipelineDataset(SameImage(6), "classification", transform, (16, 16))
+
+    def batch(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        images = [item["image"] for item in ds.__getitems__([4, 1, 3])]
+        after_batch = torch.randint(0, 2**31 - 1, ()).item()
+        torch.manual_seed(seed)
+        draw_seed()
+        assert torch.randint(0, 2**31 - 1, ()).item() == after_batch  # the batch took exactly one draw
+        return images
+
+    first, again, other = batch(0), batch(0), batch(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+    assert not torch.equal(first[0], first[1])  # the batch's samples draw different augmentations
 
 
 def test_augmentation_changing_the_size_is_an_error() -> None:

@@ -82,7 +82,7 @@ def test_cached_samples_equal_uncached(task: str, mode: str, augment: bool) -> N
         assert a["meta"] == b["meta"]  # orig_size is the decoded image's, not the cached one's
         for key in ("image", "label", "mask", "labels", "difficult"):
             if key in a:
-                assert torch.equal(a[key], b[key]), key
+                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
         if "boxes" in a:  # resized once in the cache, then by an identity resize: equal to float32 rounding
             torch.testing.assert_close(a["boxes"], b["boxes"], rtol=0, atol=1e-4)
 

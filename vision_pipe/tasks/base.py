@@ -106,8 +106,9 @@ class Task:
         """The sample's targets as keyword arguments of :meth:`compose`'s transform (besides ``image``)."""
         return {}
 
-    def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
-        """The targets of one transformed sample (``out``, the Compose's output) as tensors."""
+    def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Any]:
+        """The targets of one transformed sample (``out``, the Compose's output): tensors, or plain values
+        that :meth:`collate_targets` makes into one tensor per batch (cheaper for scalars such as a label)."""
         return {}
 
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

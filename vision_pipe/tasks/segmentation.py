@@ -51,15 +51,20 @@ class SegmentationTask(Task):
     def transformed_targets(self, sample: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, Tensor]:
         import torch
 
-        return {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))}
+        # compact (uint8 up to 255 classes, the transform's dtype); int64 once on the device
+        return {"mask": torch.from_numpy(np.ascontiguousarray(out["mask"]))}
 
     def collate_targets(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
 
-        mask = torch.stack([it["mask"] for it in items])  # (B, H, W) int64
-        # a quarter of the bytes to pin and copy; the datamodule makes it int64 again on the device
-        if mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= IGNORE_INDEX:
-            mask = mask.to(torch.uint8)
+        from vision_pipe.data import stack
+
+        mask = stack([it["mask"] for it in items])  # (B, H, W)
+        # uint8 where the ids fit (at most an eighth of int64's bytes to pin and copy; the datamodule
+        # makes it int64 on the device), else int64
+        if mask.dtype != torch.uint8:
+            fits = mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= IGNORE_INDEX
+            mask = mask.to(torch.uint8) if fits else mask.long()
         return {"mask": mask}
 
     def random_targets(

@@ -37,7 +37,7 @@ NAMES = ("background", "a", "b")
 # ----------------------------------------------------------------------------
 
 
-def test_masks_go_through_albumentations_compact_and_come_back_int64() -> None:
+def test_masks_go_through_albumentations_and_the_batch_compact() -> None:
     mask = np.zeros((6, 8), np.int64)
     mask[1:3, 2:5] = 2
     mask[5] = 255
@@ -45,10 +45,10 @@ def test_masks_go_through_albumentations_compact_and_come_back_int64() -> None:
     assert compact_mask(np.full((2, 2), 300)).dtype == np.int32
     sample = {"id": "s", "image": np.zeros((6, 8, 3), np.uint8), "mask": mask}
     item = transform_sample(sample, SEGMENTATION, SEGMENTATION.compose([]), (6, 8))
-    assert item["mask"].dtype == torch.int64 and item["mask"].tolist() == mask.tolist()
+    assert item["mask"].dtype == torch.uint8 and item["mask"].tolist() == mask.tolist()
     assert task_of_item(item) is SEGMENTATION
     batch = collate([item, item])
-    assert batch["mask"].shape == (2, 6, 8)
+    assert batch["mask"].shape == (2, 6, 8) and batch["mask"].tolist() == [mask.tolist()] * 2
 
 
 # ----------------------------------------------------------------------------
