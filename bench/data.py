@@ -1,6 +1,8 @@
 """Data path: images/s of vision-pipe's training loader against a raw OpenCV + albumentations loop.
 
-Target (issue #6): the pipeline's data side >= 0.9x the raw loop with the same worker count.
+Targets (issue #16 §2): the pipeline's data side >= 0.95x the raw loop with the same worker count at
+the default size, >= 0.9x at ``--size 96 --input-size 64``. ``bench/data_profile.py`` breaks the
+per-sample cost down (in-process, cProfile).
 
     .venv/bin/python bench/data.py [--images 2000] [--size 256] [--input-size 224] [--workers W]
                                    [--batch-size 64] [--epochs 3] [--format jpg|png] [--cache none|ram|disk]
@@ -26,10 +28,9 @@ two sides run in alternating order. The script also prints the data-path
 defaults it checks (workers, pinned memory, persistent workers, OpenCV threads
 in workers, where normalization runs).
 
-The pipeline does a fixed amount of work per sample on top of the raw loop
-(~0.1-0.2 ms on a 2-core x86 CPU: the per-sample augmentation seed that makes
-runs reproducible, the sample checks, a label tensor and ``meta``), so its ratio
-is lowest for tiny images (``--size 96 --input-size 64``) and ~1 from ~224 px up.
+The pipeline does a little fixed work per sample on top of the raw loop (the
+sample checks, a header sniff for the pixel cap, ``meta``; its augmentation seed
+is drawn once per batch), so its ratio is lowest for tiny images.
 """
 
 from __future__ import annotations
@@ -218,7 +219,9 @@ def main() -> None:
     a, b = statistics.median(rates["pipeline"]), statistics.median(rates["raw"])
     print(f"\n{args.images} {args.format} images {args.size}px -> {args.input_size}px, batch {args.batch_size}, "
           f"{args.workers} workers, pipeline data.cache {args.cache}")
-    print(f"median images/s (epochs after the first): pipeline {a:.0f}, raw {b:.0f}, ratio {a / b:.3f}   (target >= 0.9)")
+    target = 0.9 if args.size <= 96 else 0.95
+    print(f"median images/s (epochs after the first): pipeline {a:.0f}, raw {b:.0f}, ratio {a / b:.3f}   "
+          f"(target >= {target}, issue #16)")
 
 
 if __name__ == "__main__":
