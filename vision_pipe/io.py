@@ -238,16 +238,17 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
         check_image_pixels(path, *size, max_pixels=max_pixels)
     # 8-bit colour PNGs and JPEGs decode straight into RGB; anything else keeps its depth and channels
     # (ANYDEPTH | ANYCOLOR: 16-bit and grey stay so, and the EXIF orientation applies, unlike UNCHANGED)
-    rgb8 = header is not None and header[2] and _IMREAD_RGB is not None
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    if header is not None and header[2] and _IMREAD_RGB is not None:
+        flags = _IMREAD_RGB
     try:
-        flags = _IMREAD_RGB if rgb8 and _IMREAD_RGB is not None else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
         image = cv2.imdecode(data, flags) if data.size else None
     except (cv2.error, ValueError, MemoryError) as exc:
         raise DataError(f"cannot read image {path}: the decoder failed ({exc!s:.300})") from exc
     if image is None:
         raise DataError(f"cannot read image {path}: not a valid image file ({IMAGE_EXTENSION_LIST})")
     check_image_pixels(path, image.shape[1], image.shape[0], max_pixels=max_pixels)
-    if rgb8 and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+    if flags == _IMREAD_RGB and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         return image
     try:
         return to_rgb(image, path)

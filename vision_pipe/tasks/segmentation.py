@@ -60,7 +60,7 @@ class SegmentationTask(Task):
         from vision_pipe.data import stack
 
         mask = stack([it["mask"] for it in items])  # (B, H, W)
-        # uint8 where the ids fit (at most an eighth of int64's bytes to pin and copy; the datamodule
+        # uint8 where the ids fit (an eighth of int64's bytes to pin and copy; the datamodule
         # makes it int64 on the device), else int64
         if mask.dtype != torch.uint8:
             fits = mask.numel() and int(mask.min()) >= 0 and int(mask.max()) <= IGNORE_INDEX
