@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +40,6 @@ TINY: dict[str, Any] = {
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets its own normalization cache."""
     monkeypatch.setenv("VISION_PIPE_CACHE", str(tmp_path_factory.mktemp("cache")))
-
-
-@pytest.fixture(autouse=True)
-def _torch_determinism_restored() -> Iterator[None]:
-    """A run with ``trainer.deterministic: true`` leaves ``torch.use_deterministic_algorithms(True)`` set in
-    the process (Lightning does not undo it); later tests (max-unpooling has no deterministic kernel) must
-    not depend on which ran before."""
-    import torch
-
-    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    yield
-    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ from vision_pipe.resume import check_resume_checkpoint
 from vision_pipe.runs import RunArtifacts, discard_run_dir, open_run_dir, record_preflight, run_dir_of, scalars
 from vision_pipe.stages import SampleSource
 from vision_pipe.tasks.coco_results import CocoIds
-from vision_pipe.trainer import check_trainer, make_trainer, running
+from vision_pipe.trainer import check_trainer, make_trainer, running, torch_flags_kept
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 log = logging.getLogger("vision_pipe")
@@ -280,11 +280,13 @@ class Pipeline:
         """Within the block: a run directory made here is removed if the block fails before a training step.
 
         A stopped run writes nothing (see :func:`vision_pipe.runs.discard_run_dir`);
-        a run that trained keeps its checkpoints, metrics and curves.
+        a run that trained keeps its checkpoints, metrics and curves. Torch's global flags that the
+        block's Trainer sets (``trainer.deterministic``, ``trainer.benchmark``) are restored after it.
         """
         fresh = self.run_dir is None and run_dir_of(checkpoint) is None
         try:
-            yield
+            with torch_flags_kept():  # the Trainer made in the block sets torch's global flags for its run only
+                yield
         except BaseException:
             trained = self.trainer is not None and self.trainer.global_step > 0
             if fresh and self.run_dir is not None and not trained:

@@ -7,8 +7,8 @@ early stopping, learning-rate monitor, the loggers of the YAML's ``loggers:``
 (:mod:`vision_pipe.loggers`; CSV and TensorBoard in directories of their own), plus the callbacks the caller adds, e.g.
 :class:`vision_pipe.runs.RunArtifacts`), :class:`AtomicCheckpointIO` (every
 checkpoint written through :mod:`vision_pipe.io`'s atomic writer),
-:func:`running` (the context every ``trainer.fit/validate/test`` call runs in)
-and :func:`check_trainer` (the Trainer arguments checked by making a Trainer,
+:func:`running` (the context every ``trainer.fit/validate/test`` call runs in),
+:func:`torch_flags_kept` (torch's global flags restored after a run) and :func:`check_trainer` (the Trainer arguments checked by making a Trainer,
 as ``vision-pipe check`` and a fit do first). Warning and logging filters are
 scoped to those calls: importing vision-pipe changes no process-wide warning
 or logging state.
@@ -197,7 +197,7 @@ def check_trainer(config: PipelineConfig, locs: Locations) -> None:
     import tempfile
 
     check_loggers(config, locs)
-    with tempfile.TemporaryDirectory() as tmp, quiet_lightning(), warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, quiet_lightning(), warnings.catch_warnings(), torch_flags_kept():
         warnings.simplefilter("ignore")
         logger = logging.getLogger(_LIGHTNING_LOGGER)
         level = logger.level
@@ -227,6 +227,34 @@ def _key_named(message: str, keys: list[str]) -> str | None:
     if named:
         return min(named)[1]
     return next((k for k in _MACHINE_KEYS if k in keys), None)
+
+
+@contextmanager
+def torch_flags_kept() -> Iterator[None]:
+    """Torch's process-wide flags as they were before the block, whatever a Trainer made in it set.
+
+    A Trainer sets them when it is made (``trainer.deterministic``: deterministic algorithms,
+    ``CUBLAS_WORKSPACE_CONFIG``; ``trainer.benchmark``: cuDNN autotuning) and Lightning never undoes
+    that: without this, a Python session that ran one deterministic fit would fail later on any
+    operation without a deterministic kernel (max-unpooling, for one), and ``vision-pipe check`` alone
+    would change the process. The flags hold for the run inside the block.
+    """
+    cudnn = torch.backends.cudnn
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_flags, cublas = (cudnn.benchmark, cudnn.deterministic), os.environ.get(_CUBLAS)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        cudnn.benchmark, cudnn.deterministic = cudnn_flags
+        if cublas is None:
+            os.environ.pop(_CUBLAS, None)
+        else:
+            os.environ[_CUBLAS] = cublas
+
+
+#: The cuBLAS setting Lightning exports for deterministic runs.
+_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 
 
 @contextmanager
@@ -267,4 +295,5 @@ __all__ = [
     "make_trainer",
     "quiet_lightning",
     "running",
+    "torch_flags_kept",
 ]

@@ -155,6 +155,39 @@ def test_frozen_batch_norm_keeps_its_running_statistics_in_training(tiny_config)
     reloaded.load_checkpoint(pipe.best_checkpoint)  # the state dict is that of a plain BatchNorm2d
 
 
+def test_a_deterministic_run_leaves_torchs_global_flags_as_they_were(tiny_config):
+    """Lightning sets torch's flags when a Trainer is made and never resets them; the pipeline restores
+    them after each run, so a later model without deterministic kernels (max-unpooling) still runs."""
+    import os
+
+    def flags() -> tuple[bool, bool, str | None]:
+        return (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
+
+    during = []
+    recorder = types.SimpleNamespace(
+        vision_pipe_before_fit=hookimpl(lambda pipeline, run_dir: during.append(flags())),
+        vision_pipe_before_test=hookimpl(lambda pipeline, run_dir: during.append(flags())),
+    )
+    manager = PluginManager()
+    manager.register(recorder, name="recorder")
+    tiny_config["trainer"].update(max_epochs=1, deterministic=True, benchmark=False)
+    before = flags()
+    assert before[0] is False  # the test means something only from a non-deterministic process
+    pipe = Pipeline.from_dict(tiny_config, manager=manager)
+    pipe.fit()
+    pipe.test()
+    assert [d[:2] for d in during] == [(True, False), (True, False)]  # the runs themselves were deterministic
+    assert all(d[2] is not None for d in during)
+    assert flags() == before
+    unpool = torch.nn.MaxUnpool2d(2)
+    pooled, indices = torch.nn.functional.max_pool2d(torch.randn(1, 1, 4, 4), 2, return_indices=True)
+    assert unpool(pooled, indices).shape == (1, 1, 4, 4)  # no deterministic kernel: refused while the flag stayed set
+
+
 def test_lifecycle_hooks_are_called_in_order(tiny_config):
     calls = []
     recorder = types.SimpleNamespace()
