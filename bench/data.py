@@ -14,7 +14,7 @@ RandomCrop, ColorJitter):
 
 - pipeline: ``Pipeline.from_dict`` with the ``image_folder`` loader, then
   ``pipe.datamodule.train_dataloader()`` — decode, checks, one albumentations
-  Compose per sample (seeded), tensors, collation with per-image ``meta``;
+  Compose per sample (seeded once per batch), tensors, collation with per-image ``meta``;
 - raw: a Dataset of ``cv2.imread`` → ``cv2.cvtColor`` → ``albumentations.Compose``
   → ``torch.from_numpy``, the default collate, a DataLoader with the same workers.
 
