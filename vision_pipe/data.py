@@ -155,7 +155,7 @@ def seed_transform(transform: A.BaseCompose | A.BasicTransform, seed: int) -> No
     with the same number, so their draws coincide (HorizontalFlip and VerticalFlip with
     equal ``p`` would always flip together) and it builds two generators per transform
     for every sample. Here the whole tree shares one numpy generator and one
-    ``random.Random``, made once per transform tree; each sample only sets the numpy
+    ``random.Random``, made once per transform tree; each seeding (a batch's, or a sample's) only sets the numpy
     generator's PCG64 state to a splitmix64 hash of ``seed`` and re-seeds the
     ``random.Random`` with ``seed`` (~5 µs together, where ``np.random.default_rng(seed)``
     + ``random.Random(seed)`` cost ~0.1 ms; the ``random.Random`` stays C code, whose
