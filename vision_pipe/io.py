@@ -137,8 +137,11 @@ def image_header_size(
         size = sniff_image_size(head)
     else:
         size = sniff_image_size(data)
-    if size is not None:
-        return size
+    return size if size is not None else _pillow_size(path, what, data)
+
+
+def _pillow_size(path: str | Path, what: str, data: bytes | memoryview | None) -> tuple[int, int] | None:
+    """``(width, height)`` as Pillow reads it from the header (formats :func:`sniff_image_size` does not parse)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the cap decides, not Pillow
@@ -233,7 +236,7 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     header = _sniff_header(data.data)
-    size = header[:2] if header is not None else image_header_size(path, data=data.data)
+    size = header[:2] if header is not None else _pillow_size(path, "image", data.data)
     if size is not None:
         check_image_pixels(path, *size, max_pixels=max_pixels)
     # 8-bit colour PNGs and JPEGs decode straight into RGB; anything else keeps its depth and channels

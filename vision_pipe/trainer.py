@@ -8,7 +8,8 @@ early stopping, learning-rate monitor, the loggers of the YAML's ``loggers:``
 :class:`vision_pipe.runs.RunArtifacts`), :class:`AtomicCheckpointIO` (every
 checkpoint written through :mod:`vision_pipe.io`'s atomic writer),
 :func:`running` (the context every ``trainer.fit/validate/test`` call runs in),
-:func:`torch_flags_kept` (torch's global flags restored after a run) and :func:`check_trainer` (the Trainer arguments checked by making a Trainer,
+:func:`torch_flags_kept` (torch's global flags restored after a run) and
+:func:`check_trainer` (the Trainer arguments checked by making a Trainer,
 as ``vision-pipe check`` and a fit do first). Warning and logging filters are
 scoped to those calls: importing vision-pipe changes no process-wide warning
 or logging state.
@@ -229,6 +230,10 @@ def _key_named(message: str, keys: list[str]) -> str | None:
     return next((k for k in _MACHINE_KEYS if k in keys), None)
 
 
+#: The cuBLAS setting Lightning exports for deterministic runs.
+_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
+
+
 @contextmanager
 def torch_flags_kept() -> Iterator[None]:
     """Torch's process-wide flags as they were before the block, whatever a Trainer made in it set.
@@ -251,10 +256,6 @@ def torch_flags_kept() -> Iterator[None]:
             os.environ.pop(_CUBLAS, None)
         else:
             os.environ[_CUBLAS] = cublas
-
-
-#: The cuBLAS setting Lightning exports for deterministic runs.
-_CUBLAS = "CUBLAS_WORKSPACE_CONFIG"
 
 
 @contextmanager

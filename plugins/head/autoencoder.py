@@ -15,8 +15,9 @@ N(0, σ²) noise in [0, 1] units (σ × 255 grey levels, clipped to [0, 255]),
 ``noise: {block: f}`` sets one random rectangle per image covering a fraction f of it
 (sides √f × H and √f × W, rounded) to 0 — inpainting, as in context encoders, which needs
 the content around the hole to fill it; any of them may be given (applied in that order).
-The corruption applies to the model's input in training steps only (:meth:`~vision_pipe.Head.training_inputs`), never to the
-target nor to validation, test or prediction.
+The corruption applies to the model's input in training steps only
+(:meth:`~vision_pipe.Head.training_inputs`), never to the target nor to validation,
+test or prediction.
 """
 
 from __future__ import annotations
